@@ -1,0 +1,84 @@
+"""The command line: ``python -m lit_gpt_scratch <subcommand> [options]``.
+
+Every subcommand reads the same YAML configs (``--config``, repeatable and layered) and takes
+dotted overrides (``--data.tokenizer=gpt2``). Each subcommand is one entry of ``SUBCOMMANDS``:
+a one-line summary and a function that takes the remaining arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from lit_gpt_scratch.errors import UserError
+
+# Sections of a training config that `prepare` accepts and ignores: it reads only `data:`.
+TRAINING_SECTIONS = (
+    "seed_everything", "trainer", "model", "optimizer", "lr_scheduler", "ckpt_path", "checkpoint",
+)  # fmt: skip
+
+
+def prepare_parser():
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lit_gpt_scratch.data.prepare import prepare
+
+    parser = ArgumentParser(
+        prog="lit-gpt-scratch prepare",
+        description="Tokenize data.sources into memory-mappable shards and meta.json in "
+        "data.data_dir. Reads the data: section of a training config; other sections are ignored.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config; may be repeated")
+    parser.add_function_arguments(prepare, "data", skip={"progress"})
+    parser.add_argument("--progress", type=bool, default=True, help="Show a progress bar")
+    for section in TRAINING_SECTIONS:
+        parser.add_argument(f"--{section}", type=Any, default=None, help="(ignored by prepare)")
+    return parser
+
+
+def run_prepare(args: list[str]) -> int:
+    from lit_gpt_scratch.data.prepare import prepare
+
+    cfg = prepare_parser().parse_args(args)
+    prepare(**cfg.data.as_dict(), progress=cfg.progress)
+    return 0
+
+
+SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "prepare": ("tokenize a corpus into token shards (reads the data: section)", run_prepare),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m lit_gpt_scratch <subcommand> [--config FILE] [--key=value ...]", ""]
+    lines += [f"  {name:<10} {summary}" for name, (summary, _) in SUBCOMMANDS.items()]
+    lines += ["", "Run a subcommand with --help for its options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; bad input becomes one ``error:`` line and a non-zero exit."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return SUBCOMMANDS[name][1](rest)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    """Console script ``lit-gpt-scratch``."""
+    sys.exit(main())

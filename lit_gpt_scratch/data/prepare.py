@@ -1,0 +1,395 @@
+"""``prepare``: tokenize document sources into memory-mappable shards plus ``meta.json``.
+
+    sources ─► chunks ─► worker processes (read + tokenize) ─► main (in order) ─► train/val shards
+
+Guarantees:
+
+- Deterministic: the same sources and settings give byte-identical files, whatever the number
+  of workers (results are consumed in chunk order).
+- Validation is chosen by whole documents: document ``i`` (0-based, counting non-empty ones)
+  goes to ``val`` when ``i % round(1 / val_fraction) == 1``, so any corpus of two or more
+  documents has a non-empty val split.
+- Atomic and resumable: shards appear under their final name only when complete, progress is
+  checkpointed to ``prepare_state.json`` at chunk boundaries, and ``meta.json`` is written last.
+  A rerun after a kill continues from the last checkpoint and ends byte-identical to an
+  uninterrupted run; a rerun on a finished directory is a no-op.
+- Bad input (missing or binary source, empty corpus, corpus smaller than one training window)
+  raises ``UserError`` and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from lit_gpt_scratch.data.shards import SHARD_RE, SPLITS, ShardWriter, fsync_dir
+from lit_gpt_scratch.data.sources import CHUNK_BYTES, HF_PREFIX, Chunk, plan_sources
+from lit_gpt_scratch.data.tokenize import (
+    ChunkTokens,
+    init_worker,
+    tokenize_chunk,
+    tokenize_in_worker,
+)
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META = "meta.json"
+STATE = "prepare_state.json"
+CHECKPOINT_SECONDS = 5.0  # how often progress is made durable, at most
+COUNTERS = ("bytes", "invalid_utf8", "lookalikes", "empty", "train_documents", "val_documents")
+
+
+def prepare(
+    sources: list[str],
+    tokenizer: str = "gpt2",
+    data_dir: str = "data/stdlib-gpt2",
+    val_fraction: float = 0.005,
+    block_size: int = 1024,
+    shard_tokens: int = 100_000_000,
+    text_field: str = "text",
+    prepare_workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Tokenize ``sources`` into ``data_dir`` (shards + meta.json) and return the meta dict.
+
+    Args:
+        sources: Document sources, in order: ``stdlib``, files, directories, globs, ``.jsonl``,
+            ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``.
+        tokenizer: ``gpt2`` (offline), another tiktoken encoding name, or a ``.tiktoken`` file.
+        data_dir: Output directory for ``{train,val}_NNNNNN.bin`` and ``meta.json``.
+        val_fraction: Share of documents held out for validation, in (0, 0.5].
+        block_size: Model context length; the train split must hold one window of
+            ``block_size + 1`` tokens.
+        shard_tokens: Tokens per shard file (the last shard of a split is shorter).
+        text_field: Field of ``.jsonl`` records, column of ``.parquet`` files and datasets.
+        prepare_workers: Tokenizer processes; None uses every core, 0 tokenizes in-process.
+        progress: Show a progress bar (MB/s and tokens) on stderr.
+    """
+    _check_options(val_fraction, block_size, shard_tokens, prepare_workers)
+    tok = load_tokenizer(tokenizer)
+    plan = plan_sources(sources, text_field)
+    if plan.total_bytes == 0:
+        raise UserError(f"the corpus is empty: sources {sources} hold no text")
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tok.identity,
+        "sources": [_normalize_source(s) for s in sources],
+        "manifest": plan.manifest,
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "text_field": text_field,
+    }
+    out = Path(data_dir)
+    meta = _read_json(out / META)
+    if meta is not None:
+        _refuse_if_changed(out, meta["settings"], settings)
+        _check_complete(out, meta, block_size)
+        (out / STATE).unlink(missing_ok=True)  # left if killed between meta.json and cleanup
+        log.info("%s is already prepared with these settings: nothing to do", out)
+        return meta
+    state = _read_json(out / STATE)
+    run_settings = {**settings, "chunk_bytes": CHUNK_BYTES}  # chunk indices depend on it
+    if state is not None:
+        _refuse_if_changed(out, state["settings"], run_settings)
+    _refuse_foreign_files(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+
+    writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
+    run = _Run(out, tok, writers, val_fraction, run_settings, state)
+    try:
+        run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
+        return run.finish(sources, block_size, plan.skipped_binary)
+    except UserError:
+        for w in writers.values():
+            w.close()
+        _remove_outputs(out, remove_dir=created)
+        raise
+    finally:
+        for w in writers.values():
+            w.close()
+
+
+class _Run:
+    """One pass over the chunks, resumable from a checkpoint ``state``."""
+
+    def __init__(self, out: Path, tok: Tokenizer, writers, val_fraction, settings, state):
+        self.out, self.tok, self.writers, self.settings = out, tok, writers, settings
+        self.val_every = round(1 / val_fraction)
+        if state is None:
+            _remove_outputs(out, remove_dir=False)  # strays from a run killed before its 1st sync
+            self.next_chunk = 0
+            self.counters = dict.fromkeys(COUNTERS, 0)
+        else:
+            self.next_chunk = state["next_chunk"]
+            self.counters = state["counters"]
+            try:
+                for split, w in writers.items():
+                    w.resume_at(state["tokens"][split])
+            except FileNotFoundError as e:
+                raise UserError(
+                    f"cannot resume {out}: {e}; delete {out} and run prepare again"
+                ) from None
+            log.info("resuming %s at chunk %d", out, self.next_chunk)
+        self.started = time.perf_counter()
+        self.bytes_at_start = self.counters["bytes"]
+
+    @property
+    def documents(self) -> int:
+        return self.counters["train_documents"] + self.counters["val_documents"]
+
+    def tokenize(self, chunks: Iterable[Chunk], total_bytes, workers, progress) -> None:
+        bar = _progress_bar(total_bytes, self.counters["bytes"], progress)
+        last_sync = time.monotonic()
+        todo = islice(chunks, self.next_chunk, None)
+        for result in _map_in_order(todo, self.tok, workers):
+            self._route(result)
+            self.next_chunk += 1
+            bar.update(result.nbytes)
+            bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
+            if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
+                self._checkpoint()
+                last_sync = time.monotonic()
+        bar.close()
+
+    @property
+    def tokens(self) -> int:
+        return sum(w.total for w in self.writers.values())
+
+    def _route(self, result: ChunkTokens) -> None:
+        """Send each document of the chunk to train or val, keeping document order."""
+        doc_index = self.documents + np.arange(len(result.doc_lengths))
+        is_val = doc_index % self.val_every == 1
+        ends = np.cumsum(result.doc_lengths)
+        starts = ends - result.doc_lengths
+        pos = 0
+        for j in np.flatnonzero(is_val):
+            self.writers["train"].write(result.tokens[pos : starts[j]])
+            self.writers["val"].write(result.tokens[starts[j] : ends[j]])
+            pos = ends[j]
+        self.writers["train"].write(result.tokens[pos:])
+        n_val = int(is_val.sum())
+        self.counters["val_documents"] += n_val
+        self.counters["train_documents"] += len(is_val) - n_val
+        for key in ("invalid_utf8", "lookalikes", "empty"):
+            self.counters[key] += getattr(result, key)
+        self.counters["bytes"] += result.nbytes
+
+    def _checkpoint(self) -> None:
+        """Make everything so far durable, then record where a rerun continues."""
+        for w in self.writers.values():
+            w.sync()
+        fsync_dir(self.out)
+        state = {
+            "settings": self.settings,
+            "next_chunk": self.next_chunk,
+            "tokens": {s: w.total for s, w in self.writers.items()},
+            "counters": self.counters,
+        }
+        write_json_atomic(self.out / STATE, state)
+
+    def finish(self, sources: list[str], block_size: int, skipped_binary: list[str]) -> dict:
+        if self.documents == 0:
+            raise UserError(f"the corpus is empty: sources {sources} hold only empty documents")
+        train, val = self.writers["train"].total, self.writers["val"].total
+        if train < block_size + 1:
+            raise UserError(
+                f"the corpus is smaller than one training window: the train split has {train} "
+                f"tokens, block_size {block_size} needs {block_size + 1}"
+            )
+        splits = {s: w.finish() for s, w in self.writers.items()}
+        fsync_dir(self.out)
+        settings = {k: v for k, v in self.settings.items() if k != "chunk_bytes"}
+        c = self.counters
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": self.tok.spec,
+            "vocab_size": self.tok.vocab_size,
+            "eot_id": self.tok.eot_id,
+            "dtype": self.tok.dtype.name,
+            "splits": splits,
+            "tokens": {"train": train, "val": val},
+            "documents": {"train": c["train_documents"], "val": c["val_documents"]},
+            "sources": sources,
+            "stats": {
+                "source_bytes": c["bytes"],
+                "invalid_utf8_documents": c["invalid_utf8"],
+                "special_token_lookalike_documents": c["lookalikes"],
+                "empty_documents_skipped": c["empty"],
+                "binary_files_skipped": len(skipped_binary),
+            },
+            "settings": settings,
+        }
+        write_json_atomic(self.out / META, meta)  # the directory is complete from here on
+        (self.out / STATE).unlink(missing_ok=True)
+        self._report(meta, skipped_binary, block_size)
+        return meta
+
+    def _report(self, meta: dict, skipped_binary: list[str], block_size: int) -> None:
+        seconds = time.perf_counter() - self.started
+        mb = (self.counters["bytes"] - self.bytes_at_start) / 1e6
+        docs, tokens, stats = meta["documents"], meta["tokens"], meta["stats"]
+        log.info(
+            "prepared %s: train %s tokens (%s documents), val %s tokens (%s documents), "
+            "%s, %.1f MB in %.1f s (%.1f MB/s)",
+            self.out, f"{tokens['train']:,}", f"{docs['train']:,}", f"{tokens['val']:,}",
+            f"{docs['val']:,}", meta["dtype"], mb, seconds, mb / max(seconds, 1e-9),
+        )  # fmt: skip
+        notes = {
+            "invalid_utf8_documents": "documents with invalid UTF-8 (bad bytes became U+FFFD)",
+            "special_token_lookalike_documents": "documents with special-token text (kept as text)",
+            "empty_documents_skipped": "empty documents skipped",
+            "binary_files_skipped": "binary files skipped",
+        }
+        for key, what in notes.items():
+            if stats[key]:
+                log.info("  %s %s", f"{stats[key]:,}", what)
+        for path in skipped_binary[:5]:
+            log.info("  skipped binary file %s", path)
+        if tokens["val"] < block_size + 1:
+            log.warning(
+                "  the val split has %d tokens, fewer than one window of %d: raise val_fraction",
+                tokens["val"], block_size + 1,
+            )  # fmt: skip
+
+
+def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
+    """tokenize_chunk over ``chunks``, results in input order, with bounded work in flight."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers == 0:
+        yield from (tokenize_chunk(c, tok) for c in chunks)
+        return
+    # spawn, not fork: forking a process that runs threads (tqdm, torch) can deadlock the child.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=(tok,)) as pool:
+        pending = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(tokenize_in_worker, chunk))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _progress_bar(total: int | None, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1000,
+        desc="prepare", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+    )  # fmt: skip
+
+
+# --- the data directory --------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); delete {path.parent} and prepare again") from None
+
+
+def _own_file(name: str) -> bool:
+    return bool(SHARD_RE.match(name)) or name in (META, STATE, META + ".tmp", STATE + ".tmp")
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"data_dir {out} exists and is not a directory")
+    foreign = sorted(n for n in os.listdir(out) if not _own_file(n)) if out.exists() else []
+    if foreign:
+        raise UserError(
+            f"data_dir {out} holds files prepare did not write (e.g. {foreign[0]}): "
+            "choose an empty or new directory"
+        )
+
+
+def _remove_outputs(out: Path, remove_dir: bool) -> None:
+    if out.is_dir():
+        for name in os.listdir(out):
+            if _own_file(name):
+                (out / name).unlink()
+    if remove_dir and out.is_dir() and not os.listdir(out):
+        out.rmdir()
+
+
+def _refuse_if_changed(out: Path, before: dict, now: dict) -> None:
+    changed = [k for k in now if before.get(k) != now[k]]
+    if not changed:
+        return
+    key = changed[0]
+    if key == "manifest":
+        what = "the source files changed (size or modification time) since"
+    else:
+        what = f"{key} was {before.get(key)!r}, now {now[key]!r}"
+    raise UserError(
+        f"data_dir {out} was prepared with other settings ({what}): use another "
+        f"--data.data_dir, or delete {out} to prepare it again"
+    )
+
+
+def _check_complete(out: Path, meta: dict, block_size: int) -> None:
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for shards in meta["splits"].values():
+        for shard in shards:
+            path = out / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * itemsize:
+                raise UserError(
+                    f"{path} is missing or has the wrong size for meta.json: "
+                    f"delete {out} and prepare again"
+                )
+    if meta["tokens"]["train"] < block_size + 1:
+        raise UserError(
+            f"{out} holds {meta['tokens']['train']} train tokens, fewer than one window of "
+            f"block_size + 1 = {block_size + 1}"
+        )
+
+
+def _normalize_source(source: str) -> str:
+    if source == "stdlib" or source.startswith(HF_PREFIX):
+        return source
+    return os.path.abspath(os.path.expanduser(source))
+
+
+def _check_options(val_fraction, block_size, shard_tokens, workers) -> None:
+    if not 0 < val_fraction <= 0.5:
+        raise UserError(f"data.val_fraction must be in (0, 0.5], got {val_fraction}")
+    if block_size < 1:
+        raise UserError(f"data.block_size must be at least 1, got {block_size}")
+    if shard_tokens < 1:
+        raise UserError(f"data.shard_tokens must be at least 1, got {shard_tokens}")
+    if workers is not None and workers < 0:
+        raise UserError(f"data.prepare_workers must be 0 or more, got {workers}")
