@@ -7,6 +7,7 @@ a one-line summary and a function that takes the remaining arguments and returns
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -27,6 +28,7 @@ def prepare_parser():
 
     parser = ArgumentParser(
         prog="lit-gpt-scratch prepare",
+        exit_on_error=False,
         description="Tokenize data.sources into memory-mappable shards and meta.json in "
         "data.data_dir. Reads the data: section of a training config; other sections are ignored.",
     )
@@ -34,14 +36,22 @@ def prepare_parser():
     parser.add_function_arguments(prepare, "data", skip={"progress"})
     parser.add_argument("--progress", type=bool, default=True, help="Show a progress bar")
     for section in TRAINING_SECTIONS:
-        parser.add_argument(f"--{section}", type=Any, default=None, help="(ignored by prepare)")
+        parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def parse(parser, args: list[str]):
+    """Parse, turning a config error (unknown key, bad value) into a one-line UserError."""
+    try:
+        return parser.parse_args(args)
+    except argparse.ArgumentError as e:
+        raise UserError(f"{' '.join(str(e).split())} (see --help)") from None
 
 
 def run_prepare(args: list[str]) -> int:
     from lit_gpt_scratch.data.prepare import prepare
 
-    cfg = prepare_parser().parse_args(args)
+    cfg = parse(prepare_parser(), args)
     prepare(**cfg.data.as_dict(), progress=cfg.progress)
     return 0
 

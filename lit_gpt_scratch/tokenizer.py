@@ -96,8 +96,11 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return _from_ranks_file(spec, path)
     if path.suffix == ".tiktoken" or "/" in spec:
         raise UserError(f"tokenizer file {spec} does not exist")
-    names = ", ".join(sorted(set(tiktoken.list_encoding_names()) | {"gpt2"}))
-    raise UserError(f"unknown tokenizer {spec!r}: use one of {names}, or a path to a .tiktoken file")
+    others = ", ".join(n for n in sorted(tiktoken.list_encoding_names()) if n != "gpt2")
+    raise UserError(
+        f"unknown tokenizer {spec!r}: use gpt2, another tiktoken encoding ({others}), "
+        "or a path to a .tiktoken file"
+    )
 
 
 # --- gpt2, offline -------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from lit_gpt_scratch.data.shards import SHARD_RE, SPLITS, ShardWriter, fsync_dir
-from lit_gpt_scratch.data.sources import CHUNK_BYTES, HF_PREFIX, Chunk, plan_sources
+from lit_gpt_scratch.data.sources import HF_PREFIX, Chunk, plan_sources
 from lit_gpt_scratch.data.tokenize import (
     ChunkTokens,
     init_worker,
@@ -102,7 +102,7 @@ def prepare(
         log.info("%s is already prepared with these settings: nothing to do", out)
         return meta
     state = _read_json(out / STATE)
-    run_settings = {**settings, "chunk_bytes": CHUNK_BYTES}  # chunk indices depend on it
+    run_settings = {**settings, "chunk_bytes": plan.chunk_bytes}  # chunk indices depend on it
     if state is not None:
         _refuse_if_changed(out, state["settings"], run_settings)
     _refuse_foreign_files(out)

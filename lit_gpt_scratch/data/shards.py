@@ -68,6 +68,7 @@ class ShardWriter:
             if not tmp.exists() or tmp.stat().st_size < offset * self.dtype.itemsize:
                 raise FileNotFoundError(f"{tmp} is missing or shorter than its synced length")
             os.truncate(tmp, offset * self.dtype.itemsize)
+            self._file = open(tmp, "ab")  # finish() must complete it even if nothing follows
         elif tmp.exists():
             os.remove(tmp)
         self.total = total

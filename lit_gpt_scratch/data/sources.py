@@ -148,13 +148,13 @@ class Plan:
     chunks: Iterable[Chunk]
     total_bytes: int | None  # None when a streaming source has no known size
     manifest: str  # digest of every file's path, size and mtime: a changed corpus changes it
+    chunk_bytes: int  # chunk indices (where a resumed run continues) depend on it
     skipped_binary: list[str] = field(default_factory=list)
 
 
-def plan_sources(
-    sources: list[str], text_field: str = "text", chunk_bytes: int = CHUNK_BYTES
-) -> Plan:
+def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int = 0) -> Plan:
     """List every source's documents as chunks, checking paths up front (UserError if bad)."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     if not sources:
         raise UserError("data.sources is empty: name at least one source (e.g. stdlib)")
     files: list[tuple[str, str]] = []  # (kind, path) with kind in text/jsonl/parquet
@@ -175,8 +175,8 @@ def plan_sources(
     total = sum(c.nbytes for c in chunks)
     if streams:
         stream_chunks = (c for s in streams for c in _hf_chunks(s, text_field, chunk_bytes))
-        return Plan(_chain(chunks, stream_chunks), None, manifest.hexdigest(), skipped)
-    return Plan(chunks, total, manifest.hexdigest(), skipped)
+        return Plan(_chain(chunks, stream_chunks), None, manifest.hexdigest(), chunk_bytes, skipped)
+    return Plan(chunks, total, manifest.hexdigest(), chunk_bytes, skipped)
 
 
 def _chain(first: list[Chunk], rest: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -203,7 +203,8 @@ def _resolve_local(source: str, skipped: list[str]) -> list[tuple[str, str]]:
         if not matches:
             raise UserError(f"source {source}: the glob matches no file")
         paths = [p for m in matches for p in (_walk(m) if os.path.isdir(m) else [m])]
-        found = _classify(paths, skipped, named=False)
+        unique = list(dict.fromkeys(os.path.abspath(p) for p in paths))  # "**" also matches dirs
+        found = _classify(unique, skipped, named=False)
         if not found:
             raise UserError(f"source {source}: the glob matches no text, .jsonl or .parquet file")
         return found

@@ -1,0 +1,59 @@
+"""Shared test helpers: small corpora written to tmp dirs, and reading shards back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lit_gpt_scratch.data.prepare as prepare_module
+import lit_gpt_scratch.data.sources as sources_module
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Many small chunks and a checkpoint after each, so tests cross every boundary."""
+    monkeypatch.setattr(sources_module, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(prepare_module, "CHECKPOINT_SECONDS", 0.0)
+
+
+def write_text_corpus(root: Path, docs: list[str | bytes]) -> Path:
+    """One file per document, named so that sorted order is list order."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, doc in enumerate(docs):
+        data = doc if isinstance(doc, bytes) else doc.encode("utf-8")
+        (root / f"doc_{i:05d}.txt").write_bytes(data)
+    return root
+
+
+def read_split(data_dir: Path, split: str) -> np.ndarray:
+    """A split's whole token stream, read back through np.memmap as training will."""
+    meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    parts = [
+        np.memmap(Path(data_dir) / s["file"], dtype=meta["dtype"], mode="r")
+        for s in meta["splits"][split]
+    ]
+    for part, shard in zip(parts, meta["splits"][split]):
+        assert len(part) == shard["tokens"]
+    return np.concatenate(parts) if parts else np.empty(0, meta["dtype"])
+
+
+def expected_splits(encode, eot: int, docs: list[str], val_every: int) -> dict[str, list[int]]:
+    """The reference: each non-empty document encoded + EOT, routed by index as documented."""
+    out = {"train": [], "val": []}
+    kept = [d for d in docs if d]
+    for i, doc in enumerate(kept):
+        out["val" if i % val_every == 1 else "train"] += list(encode(doc)) + [eot]
+    return out
+
+
+def dir_bytes(data_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(data_dir).iterdir())}
+
+
+LOREM = [
+    "The quick brown fox jumps over the lazy dog.\n" * (i % 7 + 1) + f"Document {i}.\r\n"
+    for i in range(60)
+]

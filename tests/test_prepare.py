@@ -1,0 +1,287 @@
+"""prepare: shard contents, the val split, determinism, resume after a kill, refusals, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import LOREM, dir_bytes, expected_splits, read_split, write_text_corpus
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_tokenizer import unicode_text, write_big_vocab
+
+from lit_gpt_scratch.data import shards as shards_module
+from lit_gpt_scratch.data.prepare import META, STATE, prepare
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.tokenizer import load_tokenizer
+
+GPT2 = load_tokenizer("gpt2")
+SPECIAL_DOCS = [
+    "line one\r\nline two\r\n\ttabbed   spaced\n",
+    "a literal <|endoftext|> inside a document stays text",
+    "日本語のテキスト, العربية, 👩‍👩‍👧 family, e\u0301 combining",
+    "",  # an empty file: skipped, counted
+]
+
+
+def run(src, out, **kw):
+    kw.setdefault("val_fraction", 0.1)
+    kw.setdefault("block_size", 8)
+    kw.setdefault("shard_tokens", 64)
+    kw.setdefault("prepare_workers", 0)
+    return prepare([str(src)], tokenizer=kw.pop("tokenizer", "gpt2"), data_dir=str(out),
+                   progress=False, **kw)  # fmt: skip
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_text_corpus(tmp_path / "corpus", SPECIAL_DOCS + LOREM + [b"bad \xff byte\n"])
+
+
+def test_shards_hold_each_document_encoded_plus_eot(corpus, tmp_path):
+    meta = run(corpus, tmp_path / "out")
+    docs = [p.read_bytes().decode("utf-8", "replace") for p in sorted(corpus.iterdir())]
+    want = expected_splits(GPT2.encoding.encode_ordinary, 50256, docs, val_every=10)
+    for split in ("train", "val"):
+        assert read_split(tmp_path / "out", split).tolist() == want[split]
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 50257 and meta["eot_id"] == 50256
+    assert meta["documents"] == {"train": 57, "val": 7}
+    assert meta["tokens"] == {s: len(want[s]) for s in want}
+    assert all(s["tokens"] == 64 for s in meta["splits"]["train"][:-1])  # bounded shards
+    assert meta["stats"]["invalid_utf8_documents"] == 1
+    assert meta["stats"]["special_token_lookalike_documents"] == 1
+    assert meta["stats"]["empty_documents_skipped"] == 1
+    assert meta["format_version"] == 1 and meta["sources"] == [str(corpus)]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        [META] + [s["file"] for split in meta["splits"].values() for s in split]
+    )
+
+
+def test_raw_shards_are_little_endian_without_header(corpus, tmp_path):
+    meta = run(corpus, tmp_path / "out", shard_tokens=10**9)
+    raw = (tmp_path / "out" / "train_000000.bin").read_bytes()
+    assert len(raw) == 2 * meta["tokens"]["train"]
+    assert np.frombuffer(raw, dtype="<u2").tolist() == read_split(tmp_path / "out", "train").tolist()
+
+
+def test_val_split_is_never_empty_with_two_documents(tmp_path):
+    src = write_text_corpus(tmp_path / "c", ["first document here", "second one"])
+    meta = run(src, tmp_path / "out", val_fraction=0.001, block_size=2)
+    assert meta["documents"] == {"train": 1, "val": 1}
+
+
+def split_documents(ids: list[int], eot: int) -> list[list[int]]:
+    """A split's token stream cut back into documents at each EOT (which ends every document)."""
+    assert ids and ids[-1] == eot
+    cuts = [i for i, t in enumerate(ids) if t == eot]
+    return [ids[a + 1 : b] for a, b in zip([-1] + cuts[:-1], cuts)]
+
+
+# NUL makes a file binary (skipped by the directory scan), so documents here hold none.
+@given(docs=st.lists(unicode_text.filter(lambda s: s and "\0" not in s), min_size=2, max_size=8))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_unicode_round_trips_through_prepare(tmp_path_factory, docs):
+    tmp = tmp_path_factory.mktemp("rt")
+    src = write_text_corpus(tmp / "c", docs)
+    run(src, tmp / "out", val_fraction=0.5, block_size=1, shard_tokens=7)
+    for split, want in (("train", docs[::2]), ("val", docs[1::2])):
+        got = split_documents(read_split(tmp / "out", split).tolist(), 50256)
+        assert [GPT2.decode(d) for d in got] == want
+
+
+def test_same_output_for_two_runs_and_any_number_of_workers(corpus, tmp_path):
+    run(corpus, tmp_path / "a")
+    run(corpus, tmp_path / "b")
+    run(corpus, tmp_path / "c", prepare_workers=2)
+    assert dir_bytes(tmp_path / "a") == dir_bytes(tmp_path / "b") == dir_bytes(tmp_path / "c")
+
+
+def test_rerun_on_a_complete_directory_is_a_no_op(corpus, tmp_path, caplog):
+    run(corpus, tmp_path / "out")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    with caplog.at_level(logging.INFO):
+        run(corpus, tmp_path / "out", prepare_workers=2)  # workers do not change the output
+    assert "already prepared with these settings: nothing to do" in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+
+
+def test_other_tokenizer_or_sources_are_refused_never_mixed(corpus, tmp_path):
+    run(corpus, tmp_path / "out")
+    before = dir_bytes(tmp_path / "out")
+    write_big_vocab(tmp_path / "big.tiktoken")
+    with pytest.raises(UserError, match=r"prepared with other settings \(tokenizer was 'gpt2'.*"
+                       r"use another --data.data_dir, or delete"):  # fmt: skip
+        run(corpus, tmp_path / "out", tokenizer=str(tmp_path / "big.tiktoken"))
+    other = write_text_corpus(tmp_path / "other", ["x y z " * 20])
+    with pytest.raises(UserError, match=r"other settings \(sources was"):
+        run(other, tmp_path / "out")
+    (corpus / "doc_00010.txt").write_text("edited after prepare")
+    with pytest.raises(UserError, match=r"the source files changed"):
+        run(corpus, tmp_path / "out")
+    assert dir_bytes(tmp_path / "out") == before
+
+
+def test_uint32_path_for_vocabularies_over_65536_ids(tmp_path):
+    n = write_big_vocab(tmp_path / "big.tiktoken")
+    tok = load_tokenizer(str(tmp_path / "big.tiktoken"))
+    docs = ["hello world", "zebra quartz", "the quick brown fox", "jumps over"]
+    src = write_text_corpus(tmp_path / "c", docs)
+    meta = run(src, tmp_path / "out", tokenizer=str(tmp_path / "big.tiktoken"), val_fraction=0.5,
+               block_size=4, shard_tokens=5)  # fmt: skip
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == n + 1 and meta["eot_id"] == n
+    train = read_split(tmp_path / "out", "train")
+    assert train.dtype == np.uint32 and train.max() >= 65536
+    want = expected_splits(tok.encoding.encode_ordinary, n, docs, val_every=2)
+    assert train.tolist() == want["train"]
+    assert read_split(tmp_path / "out", "val").tolist() == want["val"]
+
+
+# --- a kill at any point, then a rerun, gives the uninterrupted output ----------------------------
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL: nothing in prepare catches it."""
+
+
+def crash_at(monkeypatch, n: int | None) -> list[int]:
+    """Count every shard write and rename prepare makes; raise Crash before the n-th.
+
+    fsync becomes a no-op: a crash here loses no written data (only power loss would), and
+    real syncs would make hundreds of runs slow.
+    """
+    count = [0]
+
+    def wrap(fn):
+        def wrapped(*args, **kwargs):
+            count[0] += 1
+            if count[0] == n:
+                raise Crash
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(shards_module.ShardWriter, "write", wrap(shards_module.ShardWriter.write))
+    monkeypatch.setattr(os, "replace", wrap(os.replace))
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    return count
+
+
+def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monkeypatch):
+    run(corpus, tmp_path / "ref")
+    reference = dir_bytes(tmp_path / "ref")
+    with monkeypatch.context() as m:
+        events = crash_at(m, None)
+        run(corpus, tmp_path / "count")
+    assert events[0] > 100
+    for n in range(1, events[0] + 1):
+        out = tmp_path / f"k{n}"
+        with monkeypatch.context() as m:
+            crash_at(m, n)
+            with pytest.raises(Crash):
+                run(corpus, out)
+            assert not (out / META).exists()
+            run(corpus, out)
+        assert dir_bytes(out) == reference, f"crash before event {n}"
+
+
+def test_sigkill_of_the_process_group_then_rerun_is_byte_identical(tmp_path):
+    docs = [f"{i} " + "lorem ipsum dolor sit amet, consectetur adipiscing elit\n" * (i % 40 + 5)
+            for i in range(400)]  # fmt: skip
+    src = write_text_corpus(tmp_path / "c", docs)
+    args = [f"--data.sources=['{src}']", "--data.val_fraction=0.05", "--data.block_size=16",
+            "--data.shard_tokens=5000", "--data.prepare_workers=2", "--progress=false"]  # fmt: skip
+    script = (
+        "import sys, lit_gpt_scratch.data.prepare as p, lit_gpt_scratch.data.sources as s;"
+        "p.CHECKPOINT_SECONDS = 0; s.CHUNK_BYTES = 4096;"
+        "from lit_gpt_scratch.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", script, "prepare"]
+    subprocess.run(cmd + args + [f"--data.data_dir={tmp_path / 'ref'}"], check=True)
+    reference = dir_bytes(tmp_path / "ref")
+    for after_chunk in (3, 20, 45):
+        out = tmp_path / f"kill{after_chunk}"
+        proc = subprocess.Popen(cmd + args + [f"--data.data_dir={out}"], start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / STATE).read_text())["next_chunk"] >= after_chunk:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (out / META).exists(), "finished before the kill: make the corpus larger"
+        subprocess.run(cmd + args + [f"--data.data_dir={out}"], check=True)
+        assert dir_bytes(out) == reference
+
+
+# --- bad input: a one-line error naming the problem, and nothing written ---------------------------
+
+
+def test_corpus_smaller_than_one_window_leaves_nothing(tmp_path):
+    src = write_text_corpus(tmp_path / "c", ["tiny", "docs"])
+    with pytest.raises(UserError, match=r"smaller than one training window: the train split has "
+                       r"2 tokens, block_size 8 needs 9"):  # fmt: skip
+        run(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    src = write_text_corpus(tmp_path / "c", ["", ""])
+    with pytest.raises(UserError, match=r"the corpus is empty"):
+        run(src, tmp_path / "out")
+    (tmp_path / "r.jsonl").write_text('{"text": ""}\n')
+    with pytest.raises(UserError, match=r"the corpus is empty: .* hold only empty documents"):
+        run(tmp_path / "r.jsonl", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_record_mid_run_removes_partial_output(tmp_path):
+    good = "".join(json.dumps({"text": f"record {i} " * 20}) + "\n" for i in range(50))
+    (tmp_path / "r.jsonl").write_text(good + '{"txt": "typo"}\n')
+    with pytest.raises(UserError, match=r"r\.jsonl: record at byte \d+ has no field 'text'"):
+        run(tmp_path / "r.jsonl", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_directory_with_foreign_files_is_refused(corpus, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds files prepare did not write \(e\.g\. notes\.txt\)"):
+        run(corpus, tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["notes.txt"]
+
+
+def test_damaged_complete_directory_is_named(corpus, tmp_path):
+    run(corpus, tmp_path / "out")
+    (tmp_path / "out" / "train_000001.bin").unlink()
+    with pytest.raises(UserError, match=r"train_000001\.bin is missing or has the wrong size"):
+        run(corpus, tmp_path / "out")
+    (tmp_path / "out" / META).write_text("{not json")
+    with pytest.raises(UserError, match=r"meta\.json: unreadable"):
+        run(corpus, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("val_fraction", 0.0, r"data.val_fraction must be in \(0, 0.5\], got 0.0"),
+        ("val_fraction", 0.7, r"data.val_fraction must be in \(0, 0.5\], got 0.7"),
+        ("block_size", 0, r"data.block_size must be at least 1"),
+        ("shard_tokens", 0, r"data.shard_tokens must be at least 1"),
+        ("prepare_workers", -1, r"data.prepare_workers must be 0 or more"),
+    ],
+)
+def test_bad_options_are_named(corpus, tmp_path, option, value, message):
+    with pytest.raises(UserError, match=message):
+        run(corpus, tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()
