@@ -17,8 +17,14 @@ from lit_gpt_scratch.errors import UserError
 
 # Sections of a training config that `prepare` accepts and ignores: it reads only `data:`.
 TRAINING_SECTIONS = (
-    "seed_everything", "trainer", "model", "optimizer", "lr_scheduler", "ckpt_path", "checkpoint",
-)  # fmt: skip
+    "seed_everything",
+    "trainer",
+    "model",
+    "optimizer",
+    "lr_scheduler",
+    "ckpt_path",
+    "checkpoint",
+)
 
 
 def prepare_parser():

@@ -35,7 +35,7 @@ def read_split(data_dir: Path, split: str) -> np.ndarray:
         np.memmap(Path(data_dir) / s["file"], dtype=meta["dtype"], mode="r")
         for s in meta["splits"][split]
     ]
-    for part, shard in zip(parts, meta["splits"][split]):
+    for part, shard in zip(parts, meta["splits"][split], strict=True):
         assert len(part) == shard["tokens"]
     return np.concatenate(parts) if parts else np.empty(0, meta["dtype"])
 

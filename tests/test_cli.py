@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lit_gpt_scratch", *args],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def one_error_line(stderr: str) -> str:
@@ -62,8 +64,18 @@ def test_training_config_with_layered_configs_and_overrides(tmp_path, caplog):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("data:\n  val_fraction: 0.25\n")
     out = tmp_path / "out"
-    code = main(["prepare", "--config", str(base), "--config", str(overlay),
-                 f"--data.data_dir={out}", "--data.prepare_workers=0", "--progress=false"])  # fmt: skip
+    code = main(
+        [
+            "prepare",
+            "--config",
+            str(base),
+            "--config",
+            str(overlay),
+            f"--data.data_dir={out}",
+            "--data.prepare_workers=0",
+            "--progress=false",
+        ]
+    )
     assert code == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["documents"] == {"train": 45, "val": 15}  # the overlay's val_fraction
@@ -114,8 +126,14 @@ def test_bad_gpt2_file_hash_through_the_cli(tmp_path, monkeypatch, capsys):
 def test_tiny_config_on_the_stdlib(tmp_path):
     """The quickstart job itself: the embedded corpus, two worker processes."""
     out = tmp_path / "stdlib"
-    result = cli("prepare", "--config", "configs/tiny.yaml", f"--data.data_dir={out}",
-                 "--data.prepare_workers=2", "--progress=false")  # fmt: skip
+    result = cli(
+        "prepare",
+        "--config",
+        "configs/tiny.yaml",
+        f"--data.data_dir={out}",
+        "--data.prepare_workers=2",
+        "--progress=false",
+    )
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tokenizer"] == "gpt2" and meta["dtype"] == "uint16"

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,8 +36,9 @@ def run(src, out, **kw):
     kw.setdefault("block_size", 8)
     kw.setdefault("shard_tokens", 64)
     kw.setdefault("prepare_workers", 0)
-    return prepare([str(src)], tokenizer=kw.pop("tokenizer", "gpt2"), data_dir=str(out),
-                   progress=False, **kw)  # fmt: skip
+    return prepare(
+        [str(src)], tokenizer=kw.pop("tokenizer", "gpt2"), data_dir=str(out), progress=False, **kw
+    )
 
 
 @pytest.fixture
@@ -69,7 +69,9 @@ def test_raw_shards_are_little_endian_without_header(corpus, tmp_path):
     meta = run(corpus, tmp_path / "out", shard_tokens=10**9)
     raw = (tmp_path / "out" / "train_000000.bin").read_bytes()
     assert len(raw) == 2 * meta["tokens"]["train"]
-    assert np.frombuffer(raw, dtype="<u2").tolist() == read_split(tmp_path / "out", "train").tolist()
+    assert (
+        np.frombuffer(raw, dtype="<u2").tolist() == read_split(tmp_path / "out", "train").tolist()
+    )
 
 
 def test_val_split_is_never_empty_with_two_documents(tmp_path):
@@ -82,12 +84,14 @@ def split_documents(ids: list[int], eot: int) -> list[list[int]]:
     """A split's token stream cut back into documents at each EOT (which ends every document)."""
     assert ids and ids[-1] == eot
     cuts = [i for i, t in enumerate(ids) if t == eot]
-    return [ids[a + 1 : b] for a, b in zip([-1] + cuts[:-1], cuts)]
+    return [ids[a + 1 : b] for a, b in zip([-1] + cuts[:-1], cuts, strict=True)]
 
 
 # NUL makes a file binary (skipped by the directory scan), so documents here hold none.
 @given(docs=st.lists(unicode_text.filter(lambda s: s and "\0" not in s), min_size=2, max_size=8))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_any_unicode_round_trips_through_prepare(tmp_path_factory, docs):
     tmp = tmp_path_factory.mktemp("rt")
     src = write_text_corpus(tmp / "c", docs)
@@ -117,8 +121,11 @@ def test_other_tokenizer_or_sources_are_refused_never_mixed(corpus, tmp_path):
     run(corpus, tmp_path / "out")
     before = dir_bytes(tmp_path / "out")
     write_big_vocab(tmp_path / "big.tiktoken")
-    with pytest.raises(UserError, match=r"prepared with other settings \(tokenizer was 'gpt2'.*"
-                       r"use another --data.data_dir, or delete"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"prepared with other settings \(tokenizer was 'gpt2'.*"
+        r"use another --data.data_dir, or delete",
+    ):
         run(corpus, tmp_path / "out", tokenizer=str(tmp_path / "big.tiktoken"))
     other = write_text_corpus(tmp_path / "other", ["x y z " * 20])
     with pytest.raises(UserError, match=r"other settings \(sources was"):
@@ -134,8 +141,14 @@ def test_uint32_path_for_vocabularies_over_65536_ids(tmp_path):
     tok = load_tokenizer(str(tmp_path / "big.tiktoken"))
     docs = ["hello world", "zebra quartz", "the quick brown fox", "jumps over"]
     src = write_text_corpus(tmp_path / "c", docs)
-    meta = run(src, tmp_path / "out", tokenizer=str(tmp_path / "big.tiktoken"), val_fraction=0.5,
-               block_size=4, shard_tokens=5)  # fmt: skip
+    meta = run(
+        src,
+        tmp_path / "out",
+        tokenizer=str(tmp_path / "big.tiktoken"),
+        val_fraction=0.5,
+        block_size=4,
+        shard_tokens=5,
+    )
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == n + 1 and meta["eot_id"] == n
     train = read_split(tmp_path / "out", "train")
     assert train.dtype == np.uint32 and train.max() >= 65536
@@ -193,11 +206,19 @@ def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monk
 
 
 def test_sigkill_of_the_process_group_then_rerun_is_byte_identical(tmp_path):
-    docs = [f"{i} " + "lorem ipsum dolor sit amet, consectetur adipiscing elit\n" * (i % 40 + 5)
-            for i in range(400)]  # fmt: skip
+    docs = [
+        f"{i} " + "lorem ipsum dolor sit amet, consectetur adipiscing elit\n" * (i % 40 + 5)
+        for i in range(400)
+    ]
     src = write_text_corpus(tmp_path / "c", docs)
-    args = [f"--data.sources=['{src}']", "--data.val_fraction=0.05", "--data.block_size=16",
-            "--data.shard_tokens=5000", "--data.prepare_workers=2", "--progress=false"]  # fmt: skip
+    args = [
+        f"--data.sources=['{src}']",
+        "--data.val_fraction=0.05",
+        "--data.block_size=16",
+        "--data.shard_tokens=5000",
+        "--data.prepare_workers=2",
+        "--progress=false",
+    ]
     script = (
         "import sys, lit_gpt_scratch.data.prepare as p, lit_gpt_scratch.data.sources as s;"
         "p.CHECKPOINT_SECONDS = 0; s.CHUNK_BYTES = 4096;"
@@ -224,13 +245,16 @@ def test_sigkill_of_the_process_group_then_rerun_is_byte_identical(tmp_path):
         assert dir_bytes(out) == reference
 
 
-# --- bad input: a one-line error naming the problem, and nothing written ---------------------------
+# --- bad input: a one-line error naming the problem, and nothing written -------------------------
 
 
 def test_corpus_smaller_than_one_window_leaves_nothing(tmp_path):
     src = write_text_corpus(tmp_path / "c", ["tiny", "docs"])
-    with pytest.raises(UserError, match=r"smaller than one training window: the train split has "
-                       r"2 tokens, block_size 8 needs 9"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"smaller than one training window: the train split has "
+        r"2 tokens, block_size 8 needs 9",
+    ):
         run(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

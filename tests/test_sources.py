@@ -84,7 +84,9 @@ def test_sources_keep_list_order_across_kinds(tmp_path):
     chunk=st.integers(min_value=1, max_value=200),
     blank_every=st.integers(min_value=0, max_value=5),
 )
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_jsonl_ranges_yield_every_record_once_in_order(tmp_path, records, chunk, blank_every):
     path = tmp_path / "r.jsonl"
     lines = []
@@ -140,7 +142,10 @@ def test_parquet_missing_column_is_named(tmp_path):
 
 
 def test_hf_source_syntax():
-    assert parse_hf_source("hf:org/ds?name=cfg&split=val") == ("org/ds", {"name": "cfg", "split": "val"})
+    assert parse_hf_source("hf:org/ds?name=cfg&split=val") == (
+        "org/ds",
+        {"name": "cfg", "split": "val"},
+    )
     with pytest.raises(UserError, match=r"hf:org/ds\?bogus=1: expected hf:<dataset>.*'bogus'"):
         parse_hf_source("hf:org/ds?bogus=1")
 

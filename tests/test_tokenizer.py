@@ -24,7 +24,9 @@ LOOKALIKES = ["<|endoftext|>", "<|", "|>", "<|fim_prefix|>", "<|endofprompt|>", 
 unicode_text = st.lists(
     st.one_of(
         st.text(max_size=40),
-        st.sampled_from(LOOKALIKES + ["日本語", "العربية", "👩‍👩‍👧", "e\u0301", "\u200d", "    \t"]),
+        st.sampled_from(
+            LOOKALIKES + ["日本語", "العربية", "👩‍👩‍👧", "e\u0301", "\u200d", "    \t"]
+        ),
     ),
     max_size=12,
 ).map("".join)

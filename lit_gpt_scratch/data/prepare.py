@@ -246,9 +246,16 @@ class _Run:
         log.info(
             "prepared %s: train %s tokens (%s documents), val %s tokens (%s documents), "
             "%s, %.1f MB in %.1f s (%.1f MB/s)",
-            self.out, f"{tokens['train']:,}", f"{docs['train']:,}", f"{tokens['val']:,}",
-            f"{docs['val']:,}", meta["dtype"], mb, seconds, mb / max(seconds, 1e-9),
-        )  # fmt: skip
+            self.out,
+            f"{tokens['train']:,}",
+            f"{docs['train']:,}",
+            f"{tokens['val']:,}",
+            f"{docs['val']:,}",
+            meta["dtype"],
+            mb,
+            seconds,
+            mb / max(seconds, 1e-9),
+        )
         notes = {
             "invalid_utf8_documents": "documents with invalid UTF-8 (bad bytes became U+FFFD)",
             "special_token_lookalike_documents": "documents with special-token text (kept as text)",
@@ -263,8 +270,9 @@ class _Run:
         if tokens["val"] < block_size + 1:
             log.warning(
                 "  the val split has %d tokens, fewer than one window of %d: raise val_fraction",
-                tokens["val"], block_size + 1,
-            )  # fmt: skip
+                tokens["val"],
+                block_size + 1,
+            )
 
 
 def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
@@ -294,9 +302,16 @@ def _progress_bar(total: int | None, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(
-        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1000,
-        desc="prepare", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-    )  # fmt: skip
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1000,
+        desc="prepare",
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 # --- the data directory --------------------------------------------------------------------------
@@ -319,7 +334,9 @@ def _read_json(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); delete {path.parent} and prepare again") from None
+        raise UserError(
+            f"{path}: unreadable ({e}); delete {path.parent} and prepare again"
+        ) from None
 
 
 def _own_file(name: str) -> bool:

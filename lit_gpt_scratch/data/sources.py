@@ -43,7 +43,7 @@ class Document:
 
 
 def decode_utf8(raw: bytes) -> Document:
-    """Bytes to text with no newline translation; invalid sequences become U+FFFD and are flagged."""
+    """Bytes to text, newlines untouched; invalid sequences become U+FFFD and are flagged."""
     try:
         return Document(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -212,7 +212,9 @@ def _resolve_local(source: str, skipped: list[str]) -> list[tuple[str, str]]:
     if os.path.isdir(path):
         found = _classify(_walk(path), skipped, named=False)
         if not found:
-            raise UserError(f"source {source}: the directory holds no text, .jsonl or .parquet file")
+            raise UserError(
+                f"source {source}: the directory holds no text, .jsonl or .parquet file"
+            )
         return found
     if os.path.exists(path):
         return _classify([path], skipped, named=True)
@@ -257,7 +259,9 @@ def _read_bytes(path: str, limit: int = -1) -> bytes:
         raise UserError(f"source {path}: cannot read it ({e.strerror})") from None
 
 
-def _file_chunks(files: list[tuple[str, str]], text_field: str, chunk_bytes: int) -> Iterator[Chunk]:
+def _file_chunks(
+    files: list[tuple[str, str]], text_field: str, chunk_bytes: int
+) -> Iterator[Chunk]:
     batch: list[str] = []
     batch_bytes = 0
     for kind, path in files:
