@@ -205,7 +205,14 @@ def _tiktoken_named(name: str) -> Tokenizer:
 
 
 def _from_ranks_file(spec: str, path: Path) -> Tokenizer:
-    raw = path.read_bytes()
+    sidecar = path.with_suffix(".json")
+    try:
+        raw = path.read_bytes()
+        options = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except OSError as e:
+        raise UserError(f"tokenizer file {e.filename}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise UserError(f"tokenizer sidecar {sidecar}: not valid JSON ({e})") from None
     ranks: dict[bytes, int] = {}
     for n, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -217,8 +224,6 @@ def _from_ranks_file(spec: str, path: Path) -> Tokenizer:
             raise UserError(f"tokenizer file {path}: line {n} is not 'base64 rank'") from None
     if not ranks:
         raise UserError(f"tokenizer file {path}: holds no ranks")
-    sidecar = path.with_suffix(".json")
-    options = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     pat_str = options.get("pat_str", GPT4_SPLIT_PATTERN)
     special = options.get("special_tokens", {EOT: max(ranks.values()) + 1})
     digest = hashlib.sha256(raw + json.dumps(options, sort_keys=True).encode()).hexdigest()

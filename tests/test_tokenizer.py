@@ -155,3 +155,10 @@ def test_token_dtype_boundaries():
     assert tok_module.token_dtype(65536) == np.uint32
     with pytest.raises(UserError, match="does not fit in uint32"):
         tok_module.token_dtype(2**32)
+
+
+def test_bad_sidecar_json_is_named(tmp_path):
+    (tmp_path / "t.tiktoken").write_text("YQ== 0\n")
+    (tmp_path / "t.json").write_text("{pat_str: oops")
+    with pytest.raises(UserError, match=r"tokenizer sidecar .*t\.json: not valid JSON"):
+        load_tokenizer(str(tmp_path / "t.tiktoken"))

@@ -277,8 +277,10 @@ class _Run:
 
 def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
     """tokenize_chunk over ``chunks``, results in input order, with bounded work in flight."""
-    if workers is None:
-        workers = os.cpu_count() or 1
+    if workers is None:  # the cores this process may run on, which a container can limit
+        workers = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        )
     if workers == 0:
         yield from (tokenize_chunk(c, tok) for c in chunks)
         return
