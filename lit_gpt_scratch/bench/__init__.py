@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures; results go to the README / BENCHMARKS.md."""
