@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,44 +206,68 @@ def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monk
         assert dir_bytes(out) == reference, f"crash before event {n}"
 
 
+SLOW_CORPUS = [
+    f"{i} " + "lorem ipsum dolor sit amet, consectetur adipiscing elit\n" * (i % 40 + 5)
+    for i in range(400)
+]
+# prepare through the CLI, in a child process, with small chunks and a checkpoint after each.
+PREPARE_SCRIPT = (
+    "import sys, lit_gpt_scratch.data.prepare as p, lit_gpt_scratch.data.sources as s;"
+    "p.CHECKPOINT_SECONDS = 0; s.CHUNK_BYTES = 4096;"
+    "from lit_gpt_scratch.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def prepare_command(src: Path, out: Path) -> list[str]:
+    return [
+        *(sys.executable, "-c", PREPARE_SCRIPT, "prepare", f"--data.sources=['{src}']"),
+        *("--data.val_fraction=0.05", "--data.block_size=16", "--data.shard_tokens=5000"),
+        *("--data.prepare_workers=2", "--progress=false", f"--data.data_dir={out}"),
+    ]
+
+
+def start_and_wait_for_chunk(cmd: list[str], out: Path, chunk: int) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group; return once its checkpoint passed ``chunk``."""
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((out / STATE).read_text())["next_chunk"] >= chunk:
+                return proc
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.002)
+    raise AssertionError("prepare finished before the signal: make the corpus larger")
+
+
 def test_sigkill_of_the_process_group_then_rerun_is_byte_identical(tmp_path):
-    docs = [
-        f"{i} " + "lorem ipsum dolor sit amet, consectetur adipiscing elit\n" * (i % 40 + 5)
-        for i in range(400)
-    ]
-    src = write_text_corpus(tmp_path / "c", docs)
-    args = [
-        f"--data.sources=['{src}']",
-        "--data.val_fraction=0.05",
-        "--data.block_size=16",
-        "--data.shard_tokens=5000",
-        "--data.prepare_workers=2",
-        "--progress=false",
-    ]
-    script = (
-        "import sys, lit_gpt_scratch.data.prepare as p, lit_gpt_scratch.data.sources as s;"
-        "p.CHECKPOINT_SECONDS = 0; s.CHUNK_BYTES = 4096;"
-        "from lit_gpt_scratch.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    cmd = [sys.executable, "-c", script, "prepare"]
-    subprocess.run(cmd + args + [f"--data.data_dir={tmp_path / 'ref'}"], check=True)
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
+    subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
     reference = dir_bytes(tmp_path / "ref")
     for after_chunk in (3, 20, 45):
         out = tmp_path / f"kill{after_chunk}"
-        proc = subprocess.Popen(cmd + args + [f"--data.data_dir={out}"], start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads((out / STATE).read_text())["next_chunk"] >= after_chunk:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.002)
+        proc = start_and_wait_for_chunk(prepare_command(src, out), out, after_chunk)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert not (out / META).exists(), "finished before the kill: make the corpus larger"
-        subprocess.run(cmd + args + [f"--data.data_dir={out}"], check=True)
+        assert not (out / META).exists()
+        subprocess.run(prepare_command(src, out), check=True)
         assert dir_bytes(out) == reference
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_continues(tmp_path):
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
+    subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
+    out = tmp_path / "out"
+    proc = start_and_wait_for_chunk(prepare_command(src, out), out, 10)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted: run the same command again to continue"
+    assert "Traceback" not in stderr
+    assert (out / STATE).exists() and not (out / META).exists()
+    resumed = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
 
 
 # --- bad input: a one-line error naming the problem, and nothing written -------------------------
@@ -269,11 +294,12 @@ def test_empty_corpus_is_an_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_record_mid_run_removes_partial_output(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_record_mid_run_removes_partial_output(tmp_path, workers):
     good = "".join(json.dumps({"text": f"record {i} " * 20}) + "\n" for i in range(50))
     (tmp_path / "r.jsonl").write_text(good + '{"txt": "typo"}\n')
     with pytest.raises(UserError, match=r"r\.jsonl: record at byte \d+ has no field 'text'"):
-        run(tmp_path / "r.jsonl", tmp_path / "out")
+        run(tmp_path / "r.jsonl", tmp_path / "out", prepare_workers=workers)
     assert not (tmp_path / "out").exists()
 
 

@@ -19,11 +19,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -112,16 +115,15 @@ def prepare(
     writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
     run = _Run(out, tok, writers, val_fraction, run_settings, state)
     try:
-        run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
-        return run.finish(sources, block_size, plan.skipped_binary)
-    except UserError:
-        for w in writers.values():
-            w.close()
+        try:
+            run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
+            return run.finish(sources, block_size, plan.skipped_binary)
+        finally:
+            for w in writers.values():
+                w.close()
+    except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
         _remove_outputs(out, remove_dir=created)
         raise
-    finally:
-        for w in writers.values():
-            w.close()
 
 
 class _Run:
@@ -289,6 +291,8 @@ def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
     with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=(tok,)) as pool:
         pending = deque()
         try:
+            with _sigint_ignored():  # the first submits start every worker
+                pending.extend(pool.submit(tokenize_in_worker, c) for c in islice(chunks, workers))
             for chunk in chunks:
                 pending.append(pool.submit(tokenize_in_worker, chunk))
                 if len(pending) >= 2 * workers:
@@ -298,6 +302,23 @@ def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
         finally:
             for future in pending:
                 future.cancel()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Start worker processes with Ctrl-C ignored, a disposition they keep through exec.
+
+    Ctrl-C reaches the whole process group; only the main process should act on it, stopping
+    cleanly with its last checkpoint kept, rather than every worker printing a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _progress_bar(total: int | None, initial: int, enabled: bool):

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs
 
 from lit_gpt_scratch.errors import UserError
 
-CHUNK_BYTES = 4 << 20  # text handed to one worker at a time
+CHUNK_BYTES = 1 << 20  # text handed to one worker at a time: small chunks balance the tail
 BINARY_PROBE_BYTES = 8192
 GLOB_CHARS = "*?["
 HF_PREFIX = "hf:"
