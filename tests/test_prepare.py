@@ -102,6 +102,24 @@ def test_any_unicode_round_trips_through_prepare(tmp_path_factory, docs):
         assert [GPT2.decode(d) for d in got] == want
 
 
+def test_streamed_dataset_gives_the_same_tokens_as_the_local_file(tmp_path):
+    pytest.importorskip("datasets")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in LOREM))
+    run(tmp_path / "d.jsonl", tmp_path / "local")
+    prepare(
+        [f"hf:json?data_files={tmp_path / 'd.jsonl'}"],
+        data_dir=str(tmp_path / "hub"),
+        val_fraction=0.1,
+        block_size=8,
+        shard_tokens=64,
+        prepare_workers=2,
+        progress=False,
+    )
+    local, hub = dir_bytes(tmp_path / "local"), dir_bytes(tmp_path / "hub")
+    assert local.keys() == hub.keys()
+    assert all(local[f] == hub[f] for f in local if f.endswith(".bin"))
+
+
 def test_same_output_for_two_runs_and_any_number_of_workers(corpus, tmp_path):
     run(corpus, tmp_path / "a")
     run(corpus, tmp_path / "b")

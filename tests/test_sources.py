@@ -209,3 +209,13 @@ def test_unreadable_file_is_named_even_as_root(tmp_path, monkeypatch):
 def test_no_sources_is_an_error():
     with pytest.raises(UserError, match="data.sources is empty"):
         plan_sources([])
+
+
+def test_streamed_and_local_sources_keep_list_order(tmp_path):
+    pytest.importorskip("datasets")
+    (tmp_path / "d.jsonl").write_text('{"text": "streamed"}\n')
+    (tmp_path / "local.txt").write_text("local")
+    stream = f"hf:json?data_files={tmp_path / 'd.jsonl'}"
+    plan = plan_sources([str(tmp_path / "local.txt"), stream, str(tmp_path / "local.txt")])
+    assert documents(plan) == ["local", "streamed", "local"]
+    assert documents(plan_sources([stream, str(tmp_path / "local.txt")])) == ["streamed", "local"]

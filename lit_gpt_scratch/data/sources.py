@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 import sysconfig
@@ -157,31 +158,27 @@ def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int 
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     if not sources:
         raise UserError("data.sources is empty: name at least one source (e.g. stdlib)")
-    files: list[tuple[str, str]] = []  # (kind, path) with kind in text/jsonl/parquet
-    streams: list[str] = []
     skipped: list[str] = []
+    manifest = hashlib.sha256()
+    parts: list[list[Chunk] | Iterator[Chunk]] = []  # in source order; streams stay lazy
     for source in sources:
         if source.startswith(HF_PREFIX):
-            streams.append(source)
-        else:
-            files.extend(_resolve_local(source, skipped))
-    manifest = hashlib.sha256()
-    for kind, path in files:
-        st = os.stat(path)
-        manifest.update(f"{kind}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    for stream in streams:
-        manifest.update(f"stream\0{stream}\n".encode())
-    chunks = list(_file_chunks(files, text_field, chunk_bytes))
-    total = sum(c.nbytes for c in chunks)
-    if streams:
-        stream_chunks = (c for s in streams for c in _hf_chunks(s, text_field, chunk_bytes))
-        return Plan(_chain(chunks, stream_chunks), None, manifest.hexdigest(), chunk_bytes, skipped)
-    return Plan(chunks, total, manifest.hexdigest(), chunk_bytes, skipped)
-
-
-def _chain(first: list[Chunk], rest: Iterator[Chunk]) -> Iterator[Chunk]:
-    yield from first
-    yield from rest
+            manifest.update(f"stream\0{source}\n".encode())
+            parts.append(_hf_chunks(source, text_field, chunk_bytes))
+            continue
+        files = _resolve_local(source, skipped)  # (kind, path), kind in text/jsonl/parquet
+        for kind, path in files:
+            st = os.stat(path)
+            manifest.update(f"{kind}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        parts.append(list(_file_chunks(files, text_field, chunk_bytes)))
+    if all(isinstance(p, list) for p in parts):
+        chunks = [c for p in parts for c in p]
+        return Plan(
+            chunks, sum(c.nbytes for c in chunks), manifest.hexdigest(), chunk_bytes, skipped
+        )
+    return Plan(
+        itertools.chain.from_iterable(parts), None, manifest.hexdigest(), chunk_bytes, skipped
+    )
 
 
 def stdlib_files() -> list[Path]:
