@@ -155,18 +155,17 @@ class _Run:
         return self.counters["train_documents"] + self.counters["val_documents"]
 
     def tokenize(self, chunks: Iterable[Chunk], total_bytes, workers, progress) -> None:
-        bar = _progress_bar(total_bytes, self.counters["bytes"], progress)
         last_sync = time.monotonic()
         todo = islice(chunks, self.next_chunk, None)
-        for result in _map_in_order(todo, self.tok, workers):
-            self._route(result)
-            self.next_chunk += 1
-            bar.update(result.nbytes)
-            bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
-            if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
-                self._checkpoint()
-                last_sync = time.monotonic()
-        bar.close()
+        with _progress_bar(total_bytes, self.counters["bytes"], progress) as bar:
+            for result in _map_in_order(todo, self.tok, workers):
+                self._route(result)
+                self.next_chunk += 1
+                bar.update(result.nbytes)
+                bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
+                if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
+                    self._checkpoint()
+                    last_sync = time.monotonic()
 
     @property
     def tokens(self) -> int:
