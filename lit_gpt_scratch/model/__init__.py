@@ -1,0 +1,1 @@
+"""The GPT and its plug-in components (plain torch.nn: nothing here imports Lightning)."""

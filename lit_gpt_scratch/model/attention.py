@@ -1,0 +1,137 @@
+"""Causal self-attention plug-ins, and the key/value cache they share during generation.
+
+Contract: ``Attention(d_model, n_head, block_size, **options)`` with
+``forward(x, position, pos, cache=None, pad_mask=None) -> (B, T, d_model)`` where
+
+- ``x`` (B, T, C) is the normed residual stream, ``pos`` (T,) or (B, T) its position ids,
+- ``position`` is the model's position plug-in (its ``rotate`` is applied to q and k),
+- ``cache`` is this layer's ``KVCache`` when decoding incrementally,
+- ``pad_mask`` (B, T_keys) is False at left-padding slots of a batch of prompts.
+
+The output projection is named ``c_proj``: the GPT gives it the scaled residual init.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_gpt_scratch.model.norm import RMSNorm
+from lit_gpt_scratch.model.position import Position
+
+
+class KVCache:
+    """Keys and values of one layer for every slot decoded so far: (B, h_kv, max_len, hs)."""
+
+    def __init__(
+        self, batch: int, n_kv_head: int, max_len: int, head_size: int, like: torch.Tensor
+    ):
+        shape = (batch, n_kv_head, max_len, head_size)
+        self.k = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.v = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.length = 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys and values; return all of them so far, (B, h_kv, T_keys, hs)."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV cache holds {self.k.size(2)} slots, {end} needed")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Base class of the attention plug-ins (the type the GPT's ``attention`` factory returns)."""
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty cache of this layer's keys and values for ``max_len`` slots."""
+        raise NotImplementedError(f"{type(self).__name__} does not support a KV cache")
+
+
+class CausalSelfAttention(Attention):
+    """Multi-head causal self-attention on ``F.scaled_dot_product_attention``.
+
+    Options: grouped-query attention (``n_kv_head`` key/value heads shared by groups of query
+    heads), QK-norm (RMSNorm of each head's queries and keys), a sliding window (each token sees
+    itself and the ``window - 1`` tokens before it), and biases (GPT-2 has them).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        block_size: int,
+        n_kv_head: int | None = None,
+        qk_norm: bool = False,
+        window: int | None = None,
+        bias: bool = True,
+    ):
+        super().__init__()
+        n_kv_head = n_kv_head or n_head
+        if d_model % n_head or n_head % n_kv_head:
+            raise ValueError(
+                f"attention: d_model {d_model} must divide by n_head {n_head}, "
+                f"and n_head by n_kv_head {n_kv_head}"
+            )
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_size = d_model // n_head
+        self.window = window
+        # one fused projection: n_head query heads, then n_kv_head key and n_kv_head value heads
+        self.c_attn = nn.Linear(d_model, (n_head + 2 * n_kv_head) * self.head_size, bias=bias)
+        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.q_norm = RMSNorm(self.head_size) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_size) if qk_norm else None
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(batch, self.n_kv_head, max_len, self.head_size, like=self.c_proj.weight)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position: Position,
+        pos: torch.Tensor,
+        cache: KVCache | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        hs, h, h_kv = self.head_size, self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([h * hs, h_kv * hs, h_kv * hs], dim=-1)
+        q = q.view(B, T, h, hs).transpose(1, 2)  # (B, h, T, hs)
+        k = k.view(B, T, h_kv, hs).transpose(1, 2)  # (B, h_kv, T, hs)
+        v = v.view(B, T, h_kv, hs).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = position.rotate(q, k, pos)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, h_kv, T_keys, hs): every slot so far
+        if h_kv != h:  # each key/value head serves a group of h / h_kv query heads
+            k = k.repeat_interleave(h // h_kv, dim=1)
+            v = v.repeat_interleave(h // h_kv, dim=1)
+        mask = self._mask(T, k.size(2), pad_mask, x.device)
+        # No mask: plain causal attention (training, prefill), which takes the fast kernels,
+        # or a single new query that may see every key (a decoding step).
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
+        return self.c_proj(y)
+
+    def _mask(self, T: int, T_keys: int, pad_mask, device) -> torch.Tensor | None:
+        """Which keys each query may see, (B or 1, 1, T, T_keys) bool, or None (see forward)."""
+        offset = T_keys - T  # keys already in the cache before these queries
+        if pad_mask is None and self.window is None and (offset == 0 or T == 1):
+            return None
+        q_slot = torch.arange(offset, T_keys, device=device)[:, None]  # (T, 1)
+        k_slot = torch.arange(T_keys, device=device)[None, :]  # (1, T_keys)
+        mask = k_slot <= q_slot
+        if self.window is not None:
+            mask = mask & (q_slot - k_slot < self.window)
+        mask = mask[None, None]
+        if pad_mask is not None:
+            # Never attend to padding; each query still sees itself, so a padding query's row
+            # is not empty (its output is ignored, but must not be NaN).
+            mask = (mask & pad_mask[:, None, None, :]) | (k_slot == q_slot)
+        return mask

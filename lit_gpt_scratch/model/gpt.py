@@ -1,0 +1,142 @@
+"""The GPT: token embedding -> position -> N pre-norm blocks -> final norm -> LM head.
+
+Each block is ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Attention, MLP, norm and
+position are plug-ins: the GPT receives *factories* (classes, or classes with options bound
+from YAML by jsonargparse) and calls them with the shapes it knows. It never names a concrete
+variant, so a new one is a new class and a YAML change:
+
+    attention:
+      class_path: lit_gpt_scratch.model.attention.CausalSelfAttention
+      init_args: {n_kv_head: 4, qk_norm: true}
+
+Names follow GPT-2 (``wte``, ``ln_1``, ``c_attn``, ``c_proj``, ``ln_f``, ``lm_head``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_gpt_scratch.model.attention import Attention, CausalSelfAttention, KVCache
+from lit_gpt_scratch.model.mlp import MLP, GeluMLP
+from lit_gpt_scratch.model.norm import LayerNorm, Norm
+from lit_gpt_scratch.model.position import LearnedPosition, Position
+
+
+class Block(nn.Module):
+    """One transformer block, pre-norm: each sublayer reads a normed copy of the stream."""
+
+    def __init__(self, d_model, n_head, block_size, attention, mlp, norm):
+        super().__init__()
+        self.ln_1 = norm(d_model)
+        self.attn = attention(d_model, n_head, block_size)
+        self.ln_2 = norm(d_model)
+        self.mlp = mlp(d_model)
+
+    def forward(self, x, position, pos, cache=None, pad_mask=None):
+        x = x + self.attn(self.ln_1(x), position, pos, cache, pad_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model.
+
+    Args:
+        vocab_size: Token ids the model predicts (the tokenizer's ``n_vocab``: 50257 for gpt2).
+        block_size: Longest sequence (context length) the model reads.
+        n_layer: Transformer blocks.
+        n_head: Attention (query) heads per block.
+        d_model: Width of the residual stream.
+        attention: Factory ``(d_model, n_head, block_size) -> Attention``.
+        mlp: Factory ``(d_model) -> MLP``.
+        norm: Factory ``(d_model) -> Norm``, used before each sublayer and at the end.
+        position: Factory ``(d_model, n_head, block_size) -> Position``.
+        tie_embeddings: Share one matrix between the token embedding and the LM head.
+        vocab_multiple: Pad the embedding and head to a multiple of this many rows (64 is
+            faster on GPUs). Padded ids never get probability and are never targets.
+        init_std: Std of the normal init of linear and embedding weights; the residual output
+            projections (``c_proj``) get ``init_std / sqrt(2 * n_layer)``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        block_size: int = 1024,
+        n_layer: int = 12,
+        n_head: int = 12,
+        d_model: int = 768,
+        attention: Callable[[int, int, int], Attention] = CausalSelfAttention,
+        mlp: Callable[[int], MLP] = GeluMLP,
+        norm: Callable[[int], Norm] = LayerNorm,
+        position: Callable[[int, int, int], Position] = LearnedPosition,
+        tie_embeddings: bool = True,
+        vocab_multiple: int = 1,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
+        self.padded_vocab_size = vocab_multiple * math.ceil(vocab_size / vocab_multiple)
+        self.wte = nn.Embedding(self.padded_vocab_size, d_model)
+        self.position = position(d_model, n_head, block_size)
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_head, block_size, attention, mlp, norm) for _ in range(n_layer)
+        )
+        self.ln_f = norm(d_model)
+        self.lm_head = nn.Linear(d_model, self.padded_vocab_size, bias=False)
+        if tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.init_weights(init_std)
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scaled = name.endswith("c_proj")  # a residual output projection
+                module.weight.normal_(0.0, std / math.sqrt(2 * self.n_layer) if scaled else std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size), and the mean next-token cross-entropy if ``targets``.
+
+        Args:
+            idx: (B, T) token ids.
+            targets: (B, T) the id that follows each position (-100: ignored).
+            pos: (T,) or (B, T) position ids; by default 0..T-1, after any cached slots.
+            caches: One ``KVCache`` per block, for incremental decoding (see generate.py).
+            pad_mask: (B, T_keys) False at the left padding of a batch of prompts.
+        """
+        B, T = idx.shape
+        start = caches[0].length if caches else 0
+        if start + T > self.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.block_size}")
+        if pos is None:
+            pos = torch.arange(start, start + T, device=idx.device)
+        x = self.position.embed(self.wte(idx), pos)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.position, pos, caches[i] if caches else None, pad_mask)
+        logits = self.lm_head(self.ln_f(x))[..., : self.vocab_size]  # padded ids never scored
+        if targets is None:
+            return logits, None
+        # fp32 cross-entropy whatever the autocast dtype: bf16 log-softmax over 50k ids is lossy
+        loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), targets.reshape(-1))
+        return logits, loss
+
+    def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
+        """Empty key/value caches, one per block, for ``max_len`` slots."""
+        return [block.attn.new_cache(batch, max_len) for block in self.blocks]
+
+    def num_params(self) -> int:
+        """Parameters, each counted once (a tied head adds none)."""
+        return sum(p.numel() for p in self.parameters())
