@@ -1,0 +1,1 @@
+"""Moving weights between this project's GPT and other implementations."""

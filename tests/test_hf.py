@@ -1,0 +1,147 @@
+"""Hugging Face parity, both ways: logits within 1e-4 in fp32 and the same greedy tokens.
+
+Every transformers model is built and randomly initialised here: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.interop.hf import gpt_from_hf, hf_from_gpt, load_hf_dir
+from lit_gpt_scratch.model.attention import CausalSelfAttention
+from lit_gpt_scratch.model.generate import generate
+from lit_gpt_scratch.model.gpt import GPT
+from lit_gpt_scratch.model.mlp import ReluSquaredMLP, SwiGLU
+from lit_gpt_scratch.model.norm import LayerNorm, RMSNorm
+from lit_gpt_scratch.model.position import NoPosition, RotaryPosition
+
+transformers = pytest.importorskip("transformers")
+V, T = 97, 24
+
+
+def hf_gpt2(tied=True):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, vocab_size=V, n_positions=T, tie_word_embeddings=tied,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    return _randomize(transformers.GPT2LMHeadModel(config))
+
+
+def hf_llama(tied=True, bias=False):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=V, max_position_embeddings=T, rope_theta=500.0,
+        tie_word_embeddings=tied, attention_bias=bias, mlp_bias=bias, rms_norm_eps=1e-5,
+    )  # fmt: skip
+    return _randomize(transformers.LlamaForCausalLM(config))
+
+
+def _randomize(model):
+    """Non-trivial weights everywhere, norms and biases included, so no mapping hides."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
+    return model.eval()
+
+
+def hf_logits(model, idx):
+    with torch.no_grad():
+        return model(idx).logits
+
+
+def assert_same_function(ours: GPT, theirs):
+    idx = torch.randint(0, V, (3, T))
+    ours.eval()
+    with torch.no_grad():
+        mine, _ = ours(idx)
+    assert torch.allclose(mine, hf_logits(theirs, idx), atol=1e-4, rtol=0)
+    prompts = [[1, 2, 3, 4], [5, 6], [7]]
+    want = theirs.generate(torch.tensor([prompts[0]]), max_new_tokens=8, do_sample=False,
+                           pad_token_id=0)[0, 4:].tolist()  # fmt: skip
+    assert generate(ours, prompts[:1], 8, temperature=0) == [want]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpt2_from_hf(tied):
+    theirs = hf_gpt2(tied)
+    ours, spec = gpt_from_hf(theirs)
+    assert spec["init_args"]["position"]["class_path"].endswith("LearnedPosition")
+    assert (ours.lm_head.weight is ours.wte.weight) == tied
+    assert_same_function(ours, theirs)
+
+
+@pytest.mark.parametrize(("tied", "bias"), [(True, False), (False, True)])
+def test_llama_from_hf(tied, bias):
+    theirs = hf_llama(tied, bias)
+    ours, spec = gpt_from_hf(theirs)
+    assert spec["init_args"]["attention"]["init_args"]["n_kv_head"] == 2
+    assert spec["init_args"]["position"]["init_args"]["base"] == 500.0
+    assert_same_function(ours, theirs)
+
+
+def randomized(model: GPT) -> GPT:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
+    return model.eval()
+
+
+def test_gpt2_to_hf_with_vocab_padding_and_no_biases():
+    ours = randomized(GPT(vocab_size=V, block_size=T, n_layer=2, n_head=4, d_model=32,
+                          vocab_multiple=64, norm=lambda d: LayerNorm(d, bias=False)))  # fmt: skip
+    theirs = hf_from_gpt(ours)
+    assert isinstance(theirs, transformers.GPT2LMHeadModel)
+    assert theirs.transformer.wte.weight.shape == (V, 32)  # padding rows dropped
+    assert_same_function(ours, theirs)
+
+
+def test_llama_to_hf_with_gqa_and_untied_head():
+    ours = randomized(GPT(
+        vocab_size=V, block_size=T, n_layer=2, n_head=4, d_model=32, tie_embeddings=False,
+        attention=lambda *s: CausalSelfAttention(*s, n_kv_head=2, bias=False),
+        mlp=lambda d: SwiGLU(d, hidden=48), norm=RMSNorm,
+        position=lambda *s: RotaryPosition(*s, base=500.0),
+    ))  # fmt: skip
+    theirs = hf_from_gpt(ours)
+    assert isinstance(theirs, transformers.LlamaForCausalLM)
+    assert_same_function(ours, theirs)
+
+
+def test_round_trip_through_a_saved_directory(tmp_path):
+    theirs = hf_gpt2()
+    theirs.save_pretrained(tmp_path / "hf")
+    ours, _ = gpt_from_hf(load_hf_dir(tmp_path / "hf"))
+    hf_from_gpt(ours).save_pretrained(tmp_path / "back")
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+    idx = torch.randint(0, V, (2, T))
+    assert torch.allclose(hf_logits(again, idx), hf_logits(theirs, idx), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"position": NoPosition}, r"position NoPosition has no Hugging Face equivalent"),
+        ({"mlp": ReluSquaredMLP}, r"mlp ReluSquaredMLP has no Hugging Face equivalent"),
+        ({"attention": lambda *s: CausalSelfAttention(*s, window=4)},
+         r"attention CausalSelfAttention with a sliding window"),
+        ({"attention": lambda *s: CausalSelfAttention(*s, qk_norm=True)},
+         r"attention CausalSelfAttention with QK-norm"),
+        ({"attention": lambda *s: CausalSelfAttention(*s, n_kv_head=2)},
+         r"attention CausalSelfAttention with grouped-query attention"),
+        ({"position": RotaryPosition}, r"mlp GeluMLP has no Hugging Face equivalent"),
+    ],
+)  # fmt: skip
+def test_unexpressible_models_name_the_blocking_component(kwargs, message):
+    model = GPT(vocab_size=V, block_size=T, n_layer=1, n_head=4, d_model=32, **kwargs)
+    with pytest.raises(UserError, match=message):
+        hf_from_gpt(model)
+
+
+def test_missing_hf_dir_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"--hf_dir .*nothing: no config.json"):
+        load_hf_dir(tmp_path / "nothing")
