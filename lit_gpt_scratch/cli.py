@@ -62,8 +62,40 @@ def run_prepare(args: list[str]) -> int:
     return 0
 
 
+def function_command(name: str) -> Callable[[list[str]], int]:
+    """A subcommand whose options are the signature of ``commands.<name>``."""
+
+    def run(args: list[str]) -> int:
+        from jsonargparse import ActionConfigFile, ArgumentParser
+
+        from lit_gpt_scratch import commands
+
+        function = getattr(commands, name)
+        parser = ArgumentParser(
+            prog=f"lit-gpt-scratch {name}",
+            exit_on_error=False,
+            description=function.__doc__.split("\n")[0],
+        )
+        parser.add_argument(
+            "--config", action=ActionConfigFile, help="YAML config; may be repeated"
+        )
+        parser.add_function_arguments(function)
+        cfg = parse(parser, args).as_dict()
+        cfg.pop("config", None)
+        function(**cfg)
+        return 0
+
+    return run
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "prepare": ("tokenize a corpus into token shards (reads the data: section)", run_prepare),
+    "generate": ("sample text from a checkpoint", function_command("generate")),
+    "import_hf": (
+        "convert a local Hugging Face GPT-2/Llama directory",
+        function_command("import_hf"),
+    ),
+    "export": ("write a checkpoint as a Hugging Face directory", function_command("export")),
 }
 
 

@@ -1,0 +1,88 @@
+"""Reading a GPT out of a checkpoint file, and writing one that training can read back.
+
+A checkpoint is a Lightning checkpoint: a dict with
+
+- ``state_dict``: the LightningModule's weights, the GPT's under the ``gpt.`` prefix;
+- ``hyper_parameters["gpt"]``: the GPT's YAML spec (``class_path`` + ``init_args``), so the
+  model is rebuilt exactly as the config built it;
+- ``datamodule_hyper_parameters["tokenizer"]`` (optional): the tokenizer spec it was trained with.
+
+``fit`` writes these, and so does ``import_hf``; ``generate`` and ``export`` read both through
+``load_gpt``. Keys of a ``torch.compile``d model (``_orig_mod.``) load too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.model.build import build_gpt
+from lit_gpt_scratch.model.gpt import GPT
+
+PREFIX = "gpt."
+DEFAULT_TOKENIZER = "gpt2"
+
+
+@dataclass
+class LoadedGPT:
+    gpt: GPT
+    spec: dict  # the model.gpt YAML section
+    tokenizer: str  # tokenizer spec recorded in the checkpoint, or gpt2
+
+
+def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
+    """The GPT stored in a checkpoint file, in eval mode on ``device``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path} is unreadable or truncated ({reason})") from None
+    spec = (ckpt.get("hyper_parameters") or {}).get("gpt") if isinstance(ckpt, dict) else None
+    if not isinstance(spec, dict) or "state_dict" not in ckpt:
+        raise UserError(f"checkpoint {path} holds no GPT (no state_dict or hyper_parameters.gpt)")
+    try:
+        gpt = build_gpt(spec)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path}: its model spec does not build ({reason})") from None
+    weights = {
+        key[len(PREFIX) :].replace("_orig_mod.", ""): value
+        for key, value in ckpt["state_dict"].items()
+        if key.startswith(PREFIX)
+    }
+    try:
+        gpt.load_state_dict(weights)
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:300]
+        raise UserError(f"checkpoint {path}: weights do not fit its model ({reason})") from None
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    tokenizer = data.get("tokenizer") or DEFAULT_TOKENIZER
+    return LoadedGPT(gpt.to(device).eval(), spec, tokenizer)
+
+
+def save_gpt(path: str | Path, gpt: GPT, spec: dict, tokenizer: str = DEFAULT_TOKENIZER) -> None:
+    """Write ``gpt`` as a checkpoint ``load_gpt`` and ``fit --ckpt_path`` read; never overwrites."""
+    import lightning
+
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"{path} exists: choose another path or delete it first")
+    ckpt = {
+        "state_dict": {PREFIX + k: v.detach().cpu() for k, v in gpt.state_dict().items()},
+        "hyper_parameters": {"gpt": spec},
+        "datamodule_hyper_parameters": {"tokenizer": tokenizer},
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 0,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)  # a file under the final name is always whole

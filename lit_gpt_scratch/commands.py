@@ -1,0 +1,133 @@
+"""The model subcommands: ``generate``, ``import_hf`` and ``export``.
+
+Each is a plain, typed function: its signature is the CLI (``cli.py`` builds the parser from
+it), its docstring the ``--help``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lit_gpt_scratch.checkpoint import load_gpt, save_gpt
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.model.generate import generate as generate_ids
+from lit_gpt_scratch.tokenizer import load_tokenizer
+
+
+def generate(
+    ckpt_path: str,
+    prompt: str = "",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    top_p: float | None = None,
+    seed: int | None = 1337,
+    num_samples: int = 1,
+    device: str = "auto",
+    tokenizer: str | None = None,
+    use_cache: bool = True,
+) -> None:
+    """Print continuations of a prompt sampled from a checkpoint.
+
+    Args:
+        ckpt_path: A checkpoint written by fit or import_hf.
+        prompt: Text to continue; empty starts a new document (after <|endoftext|>).
+        max_new_tokens: Most tokens to add; generation also stops at <|endoftext|>.
+        temperature: Softmax temperature; 0 is greedy decoding.
+        top_k: Sample among the k most likely tokens only (None: all).
+        top_p: Sample among the most likely tokens holding this much probability (None: all).
+        seed: Random seed, for repeatable samples (None: a fresh one each run).
+        num_samples: Continuations to sample, as one batch.
+        device: cpu, cuda, cuda:N, or auto (cuda when available).
+        tokenizer: Tokenizer spec; by default the one recorded in the checkpoint.
+        use_cache: Reuse keys and values of earlier tokens (the same tokens, faster).
+    """
+    if num_samples < 1 or max_new_tokens < 1:
+        raise UserError("--num_samples and --max_new_tokens must be at least 1")
+    if temperature < 0 or (top_k is not None and top_k < 1) or not 0 < (top_p or 1) <= 1:
+        raise UserError("--temperature must be >= 0, --top_k >= 1, --top_p in (0, 1]")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_gpt(ckpt_path, device)
+    tok = load_tokenizer(tokenizer or loaded.tokenizer)
+    if tok.vocab_size > loaded.gpt.vocab_size:
+        raise UserError(
+            f"tokenizer {tok.spec!r} has {tok.vocab_size} ids, more than the model's "
+            f"vocab_size {loaded.gpt.vocab_size}"
+        )
+    ids = tok.encode_ordinary(prompt).tolist() if prompt else [tok.eot_id]
+    room = loaded.gpt.block_size - len(ids)
+    if room < 1:
+        raise UserError(
+            f"the prompt has {len(ids)} tokens; the model reads {loaded.gpt.block_size}"
+        )
+    outputs = generate_ids(
+        loaded.gpt, [ids] * num_samples, min(max_new_tokens, room), temperature=temperature,
+        top_k=top_k, top_p=top_p, seed=seed, stop_id=tok.eot_id, use_cache=use_cache,
+    )  # fmt: skip
+    for i, new in enumerate(outputs):
+        if i:
+            print("\n---------------")
+        sys.stdout.write(tok.decode(new))
+    print()
+
+
+def import_hf(hf_dir: str, out: str, tokenizer: str = "gpt2") -> None:
+    """Convert a local Hugging Face GPT-2 or Llama directory into a checkpoint.
+
+    Args:
+        hf_dir: A directory written by save_pretrained (config.json + model.safetensors or
+            pytorch_model.bin). Nothing is downloaded.
+        out: The checkpoint file to write (.ckpt); it must not exist yet.
+        tokenizer: Tokenizer spec recorded in the checkpoint for generate and fit.
+    """
+    from lit_gpt_scratch.interop.hf import gpt_from_hf, load_hf_dir
+
+    if Path(out).exists():
+        raise UserError(f"--out {out} exists: choose another path or delete it first")
+    gpt, spec = gpt_from_hf(load_hf_dir(hf_dir))
+    save_gpt(out, gpt, spec, tokenizer)
+    print(f"wrote {out}: {gpt.num_params():,} parameters, {spec['init_args']['n_layer']} layers")
+
+
+def export(ckpt_path: str, out_dir: str) -> None:
+    """Write a checkpoint as a Hugging Face directory (GPT2LMHeadModel or LlamaForCausalLM).
+
+    Args:
+        ckpt_path: A checkpoint written by fit or import_hf.
+        out_dir: Directory to create; from_pretrained(out_dir) loads it. It must not exist yet,
+            or be empty.
+    """
+    from lit_gpt_scratch.interop.hf import hf_from_gpt
+
+    target = Path(out_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"--out_dir {out_dir} exists and is not empty")
+    loaded = load_gpt(ckpt_path)
+    hf = hf_from_gpt(loaded.gpt)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        hf.save_pretrained(staging)
+        if loaded.tokenizer == "gpt2":  # GPT-2's own files are the HF tokenizer's vocab/merges
+            _write_gpt2_tokenizer(staging)
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)  # the directory appears complete, or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {out_dir}: {type(hf).__name__}")
+
+
+def _write_gpt2_tokenizer(directory: Path) -> None:
+    from lit_gpt_scratch.tokenizer import gpt2_files
+
+    files = gpt2_files()
+    shutil.copyfile(files["encoder.json"], directory / "vocab.json")
+    shutil.copyfile(files["vocab.bpe"], directory / "merges.txt")

@@ -1,0 +1,139 @@
+"""generate, import_hf and export through the command line, and the checkpoint loader."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from lit_gpt_scratch.checkpoint import load_gpt, save_gpt
+from lit_gpt_scratch.cli import main
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.model.build import build_gpt
+from lit_gpt_scratch.tokenizer import load_tokenizer
+
+transformers = pytest.importorskip("transformers")
+GPT2 = load_tokenizer("gpt2")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the command line in this process: (exit code, stdout, stderr) as a CompletedProcess."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def tiny_spec(**extra) -> dict:
+    args = {"vocab_size": 50, "block_size": 8, "n_layer": 1, "n_head": 2, "d_model": 8}
+    return {"class_path": "lit_gpt_scratch.model.gpt.GPT", "init_args": {**args, **extra}}
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A small randomly initialised GPT-2 with the real GPT-2 vocabulary, saved to disk."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5 if p.dim() > 1 else 1.0)
+    path = tmp_path_factory.mktemp("hf") / "gpt2-small-random"
+    model.save_pretrained(path)
+    return path
+
+
+def test_import_generate_export_round_trip(hf_dir, tmp_path, cli):
+    ckpt = tmp_path / "imported.ckpt"
+    result = cli("import_hf", f"--hf_dir={hf_dir}", f"--out={ckpt}")
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout and ckpt.is_file()
+
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    prompt = "def fibonacci(n):"
+    ids = GPT2.encode_ordinary(prompt).tolist()
+    want = theirs.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                           pad_token_id=0)[0, len(ids):].tolist()  # fmt: skip
+    if 50256 in want:
+        want = want[: want.index(50256)]
+    result = cli("generate", f"--ckpt_path={ckpt}", f"--prompt={prompt}", "--max_new_tokens=12",
+                 "--temperature=0", "--device=cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == GPT2.decode(want) + "\n"
+
+    out = tmp_path / "exported"
+    result = cli("export", f"--ckpt_path={ckpt}", f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr
+    again = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    idx = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(again(idx).logits, theirs(idx).logits, atol=1e-4)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer("hello world")["input_ids"] == [31373, 995]
+
+
+def test_generate_samples_are_seeded_and_batched(tmp_path, cli):
+    rope = {"class_path": "lit_gpt_scratch.model.position.RotaryPosition"}
+    spec = tiny_spec(vocab_size=50257, block_size=32, d_model=16, init_std=0.5, position=rope)
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    args = [f"--ckpt_path={tmp_path / 'm.ckpt'}", "--prompt=x = 1", "--max_new_tokens=8",
+            "--num_samples=3", "--seed=5", "--temperature=1.0"]  # fmt: skip
+    first, second = cli("generate", *args), cli("generate", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.count("---------------") == 2
+    assert cli("generate", *args, "--use_cache=false").stdout == first.stdout
+
+
+def test_compiled_model_keys_load(tmp_path):
+    spec = tiny_spec()
+    gpt = build_gpt(spec)
+    state = {f"gpt._orig_mod.{k}": v for k, v in gpt.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"gpt": spec}}, tmp_path / "c.ckpt")
+    loaded = load_gpt(tmp_path / "c.ckpt")
+    assert torch.equal(loaded.gpt.wte.weight, gpt.wte.weight) and loaded.tokenizer == "gpt2"
+
+
+def test_checkpoint_errors_are_one_line(hf_dir, tmp_path, cli):
+    missing = cli("generate", f"--ckpt_path={tmp_path / 'nope.ckpt'}")
+    assert "checkpoint" in one_error_line(missing) and "nope.ckpt does not exist" in missing.stderr
+    ckpt = tmp_path / "m.ckpt"
+    assert cli("import_hf", f"--hf_dir={hf_dir}", f"--out={ckpt}").returncode == 0
+    again = cli("import_hf", f"--hf_dir={hf_dir}", f"--out={ckpt}")
+    assert "exists" in one_error_line(again)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[:5000])
+    broken = cli("generate", f"--ckpt_path={truncated}")
+    assert "truncated.ckpt is unreadable or truncated" in one_error_line(broken)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    busy = cli("export", f"--ckpt_path={ckpt}", f"--out_dir={tmp_path / 'full'}")
+    assert "exists and is not empty" in one_error_line(busy)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    bad_dir = cli("import_hf", f"--hf_dir={tmp_path}", f"--out={tmp_path / 'x.ckpt'}")
+    assert "no config.json" in one_error_line(bad_dir)
+
+
+def test_export_names_the_blocking_component(tmp_path, cli):
+    spec = tiny_spec(mlp={"class_path": "lit_gpt_scratch.model.mlp.ReluSquaredMLP"})
+    save_gpt(tmp_path / "r.ckpt", build_gpt(spec), spec)
+    result = cli("export", f"--ckpt_path={tmp_path / 'r.ckpt'}", f"--out_dir={tmp_path / 'o'}")
+    assert "mlp ReluSquaredMLP has no Hugging Face equivalent" in one_error_line(result)
+    assert not (tmp_path / "o").exists()
+
+
+def test_save_gpt_never_overwrites(tmp_path):
+    spec = tiny_spec()
+    save_gpt(tmp_path / "a.ckpt", build_gpt(spec), spec)
+    with pytest.raises(UserError, match="a.ckpt exists"):
+        save_gpt(tmp_path / "a.ckpt", build_gpt(spec), spec)
