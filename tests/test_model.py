@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from jsonargparse import ArgumentParser
 
 from lit_gpt_scratch.model.attention import CausalSelfAttention
+from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.generate import generate, sample_next
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.model.mlp import GeluMLP, ReluSquaredMLP, SwiGLU
@@ -35,15 +35,6 @@ def gpt_section(config: Path) -> dict:
     return yaml.safe_load(config.read_text())["model"]["gpt"]
 
 
-def build_from_config(section: dict, meta: bool = False) -> GPT:
-    """Instantiate the GPT exactly as LightningCLI will: jsonargparse, class_path + init_args."""
-    parser = ArgumentParser()
-    parser.add_argument("--gpt", type=GPT)
-    cfg = parser.parse_object({"gpt": section})
-    with torch.device("meta" if meta else "cpu"):
-        return parser.instantiate(cfg).gpt
-
-
 def factory(spec: dict):
     """A plug-in factory from a config's {class_path, init_args}, as jsonargparse binds it."""
     module, name = spec["class_path"].rsplit(".", 1)
@@ -60,12 +51,12 @@ def small(seed=0, **plugins) -> GPT:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_builds_with_its_parameter_count(config):
-    model = build_from_config(gpt_section(config), meta=True)
+    model = build_gpt(gpt_section(config), device="meta")
     assert model.num_params() == EXPECTED_PARAMS[config.stem]
 
 
 def test_124m_is_gpt2_small():
-    model = build_from_config(gpt_section(CONFIGS[0].with_name("124m.yaml")), meta=True)
+    model = build_gpt(gpt_section(CONFIGS[0].with_name("124m.yaml")), device="meta")
     assert (len(model.blocks), model.block_size, model.wte.weight.shape) == (12, 1024, (50257, 768))
     block = model.blocks[0]
     assert isinstance(block.attn, CausalSelfAttention) and block.attn.n_head == 12
