@@ -8,6 +8,7 @@ a one-line summary and a function that takes the remaining arguments and returns
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from collections.abc import Callable
@@ -24,13 +25,16 @@ TRAINING_SECTIONS = (
     "lr_scheduler",
     "ckpt_path",
     "checkpoint",
+    "lr_monitor",
+    "throughput",
+    "samples",
 )
 
 
 def prepare_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from lit_gpt_scratch.data.prepare import prepare
+    from lit_gpt_scratch.data.datamodule import TokenDataModule
 
     parser = ArgumentParser(
         prog="lit-gpt-scratch prepare",
@@ -39,7 +43,9 @@ def prepare_parser():
         "data.data_dir. Reads the data: section of a training config; other sections are ignored.",
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config; may be repeated")
-    parser.add_function_arguments(prepare, "data", skip={"progress"})
+    # The data: section is TokenDataModule's (prepare's options plus the loader's), so a
+    # training config reads as is; prepare uses its own options and ignores the rest.
+    parser.add_class_arguments(TokenDataModule, "data")
     parser.add_argument("--progress", type=bool, default=True, help="Show a progress bar")
     for section in TRAINING_SECTIONS:
         parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
@@ -58,7 +64,8 @@ def run_prepare(args: list[str]) -> int:
     from lit_gpt_scratch.data.prepare import prepare
 
     cfg = parse(prepare_parser(), args)
-    prepare(**cfg.data.as_dict(), progress=cfg.progress)
+    options = inspect.signature(prepare).parameters
+    prepare(**{k: v for k, v in cfg.data.as_dict().items() if k in options}, progress=cfg.progress)
     return 0
 
 
@@ -88,7 +95,22 @@ def function_command(name: str) -> Callable[[list[str]], int]:
     return run
 
 
+def lightning_command(name: str) -> Callable[[list[str]], int]:
+    """A LightningCLI subcommand (fit, validate, test, predict)."""
+
+    def run(args: list[str]) -> int:
+        from lit_gpt_scratch import lightning_cli
+
+        return lightning_cli.run([name, *args])
+
+    return run
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "fit": ("train a model (LightningCLI; --config configs/tiny.yaml)", lightning_command("fit")),
+    "validate": ("evaluate a checkpoint on the val split", lightning_command("validate")),
+    "test": ("evaluate a checkpoint on the test (= val) split", lightning_command("test")),
+    "predict": ("per-window loss of the val split", lightning_command("predict")),
     "prepare": ("tokenize a corpus into token shards (reads the data: section)", run_prepare),
     "generate": ("sample text from a checkpoint", function_command("generate")),
     "import_hf": (

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from lit_gpt_scratch.model.attention import CausalSelfAttention
-from lit_gpt_scratch.model.build import build_gpt
+from lit_gpt_scratch.model.build import build_gpt, gpt_spec_from_config
 from lit_gpt_scratch.model.generate import generate, sample_next
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.model.mlp import GeluMLP, ReluSquaredMLP, SwiGLU
@@ -32,7 +31,7 @@ EXPECTED_PARAMS = {  # GPT-2's published sizes; tiny and llama are ours
 
 
 def gpt_section(config: Path) -> dict:
-    return yaml.safe_load(config.read_text())["model"]["gpt"]
+    return gpt_spec_from_config(config)
 
 
 def factory(spec: dict):

@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from lit_gpt_scratch.bench.tokenize import cpu_model
-from lit_gpt_scratch.model.build import build_gpt
+from lit_gpt_scratch.model.build import build_gpt, gpt_spec_from_config
 from lit_gpt_scratch.model.generate import generate
 
 
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---|---:|---:|")
     torch.manual_seed(0)
     for config in args.configs:
-        spec = yaml.safe_load(Path(config).read_text())["model"]["gpt"]
+        spec = gpt_spec_from_config(config)
         model = build_gpt(spec, device=device).eval()
         prompt = torch.randint(0, model.vocab_size, (args.prompt_tokens,)).tolist()
         new_tokens = min(args.new_tokens, model.block_size - args.prompt_tokens)

@@ -1,0 +1,132 @@
+"""Training callbacks: throughput/MFU and generated text samples in TensorBoard.
+
+Both appear at the top level of a training config (``throughput:``, ``samples:``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+# Dense bf16 peak FLOP/s by GPU name; MFU is logged only for these (on CPU: n/a, not logged).
+BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def flops_per_token(gpt) -> float:
+    """Training FLOPs per token: 6N for the weights + 12·L·H·Q·T for attention (PaLM, nanoGPT)."""
+    attn = gpt.blocks[0].attn
+    n_params = gpt.num_params()
+    return 6 * n_params + 12 * gpt.n_layer * attn.n_head * attn.head_size * gpt.block_size
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_FLOPS.items() if key in name), None)
+
+
+class TokenThroughput(L.Callback):
+    """Logs ``train/tokens`` (seen so far, all ranks), ``train/tokens_per_sec`` and, on a GPU
+    whose bf16 peak is known, ``train/mfu``.
+
+    Args:
+        every_n_steps: Log once per this many optimizer steps, averaged over them.
+    """
+
+    def __init__(self, every_n_steps: int = 10):
+        self.every_n_steps = every_n_steps
+        self.tokens = 0  # saved in checkpoints: the count goes on across a resume
+        self._window_tokens = 0
+        self._window_start: float | None = None
+        self._last_step = -1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step_tokens = (batch.size(1) - 1) * batch.size(0) * trainer.world_size
+        self.tokens += step_tokens
+        self._window_tokens += step_tokens
+        step = trainer.global_step  # optimizer steps: with accumulation, batches share one
+        if step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        seconds = time.perf_counter() - self._window_start
+        rate = self._window_tokens / max(seconds, 1e-9)
+        metrics = {"train/tokens": float(self.tokens), "train/tokens_per_sec": rate}
+        peak = device_peak_flops(pl_module.device)
+        if peak:
+            metrics["train/mfu"] = (
+                rate * flops_per_token(pl_module.gpt) / (peak * trainer.world_size)
+            )
+        pl_module.log_dict(metrics, on_step=True, rank_zero_only=True)
+        self._window_tokens, self._window_start = 0, None
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens = state["tokens"]
+
+
+class TextSamples(L.Callback):
+    """Every ``every_n_steps`` optimizer steps, sample text and log it to TensorBoard's TEXT tab.
+
+    Args:
+        every_n_steps: Steps between samples (0: never).
+        prompt: Text to continue; empty starts a new document.
+        max_new_tokens: Length of each sample, at most.
+        temperature: Sampling temperature (0: greedy).
+        top_k: Sample among the k most likely tokens.
+        seed: Seed of the sampler, so samples at different steps are comparable.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        prompt: str = "",
+        max_new_tokens: int = 96,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        seed: int = 1234,
+    ):
+        self.every_n_steps, self.prompt, self.max_new_tokens = every_n_steps, prompt, max_new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        if trainer.is_global_zero:
+            self.log_sample(trainer, pl_module, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.every_n_steps and trainer.is_global_zero and trainer.global_step != self._last_step:
+            self.log_sample(trainer, pl_module, trainer.global_step)
+
+    def sample(self, trainer, pl_module) -> str:
+        from lit_gpt_scratch.model.generate import generate
+        from lit_gpt_scratch.tokenizer import load_tokenizer
+
+        spec = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("tokenizer", "gpt2")
+        tok = load_tokenizer(spec)
+        ids = tok.encode_ordinary(self.prompt).tolist() if self.prompt else [tok.eot_id]
+        room = pl_module.gpt.block_size - len(ids)
+        new = generate(
+            pl_module.gpt, [ids], min(self.max_new_tokens, room), temperature=self.temperature,
+            top_k=self.top_k, seed=self.seed, stop_id=tok.eot_id,
+        )[0]  # fmt: skip
+        return self.prompt + tok.decode(new)
+
+    def log_sample(self, trainer, pl_module, step: int) -> None:
+        text = self.sample(trainer, pl_module)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            # Markdown: a code block keeps indentation and newlines as they are
+            experiment.add_text("samples", f"```\n{text}\n```", global_step=step)

@@ -1,0 +1,258 @@
+"""``TokenDataModule``: prepared token shards as (B, block_size + 1) int64 batches for Lightning.
+
+    prepare_data: prepare() once per node ─► setup: meta.json, streams, checks against the
+    tokenizer and the model ─► train: infinite WindowSampler batches / val, test: ValWindows
+
+A training config's ``data:`` section is this constructor's arguments; the first eight are
+``prepare``'s, so ``lit-gpt-scratch prepare --config run.yaml`` and ``fit --config run.yaml``
+make and read the same directory.
+
+Distributed: the samplers split the data across ranks themselves (Lightning cannot inject a
+DistributedSampler into a batch sampler), so DDP/FSDP runs need
+``trainer.use_distributed_sampler: false``; ``train_dataloader`` refuses to run without it.
+
+Exact resume: the train sampler's position goes into checkpoints through ``state_dict``. It
+counts batches *consumed*, so the LightningModule must call ``mark_batch_consumed()`` once per
+training batch, in ``training_step`` (not ``on_train_batch_end``: Lightning runs the callbacks'
+``on_train_batch_end``, where ModelCheckpoint saves, before the module's).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lit_gpt_scratch.data.prepare import prepare
+from lit_gpt_scratch.data.tokens import (
+    TokenStream,
+    TrainWindows,
+    ValWindows,
+    WindowSampler,
+    read_meta,
+)
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.tokenizer import load_tokenizer
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Token windows from a directory written by ``prepare`` (made on first use if missing).
+
+    Args:
+        sources: Document sources, in order: ``stdlib``, files, directories, globs, ``.jsonl``,
+            ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``.
+        tokenizer: ``gpt2`` (offline), another tiktoken encoding name, or a ``.tiktoken`` file.
+        data_dir: Directory of ``{train,val}_NNNNNN.bin`` and ``meta.json``.
+        val_fraction: Share of documents held out for validation, in (0, 0.5].
+        block_size: Model context length; a sample is a window of ``block_size + 1`` tokens
+            (inputs and the targets shifted by one). Must equal the model's ``block_size``.
+        shard_tokens: Tokens per shard file (the last shard of a split is shorter).
+        text_field: Field of ``.jsonl`` records, column of ``.parquet`` files and datasets.
+        prepare_workers: Tokenizer processes; None uses every core, 0 tokenizes in-process.
+        batch_size: Windows per batch, per device.
+        num_workers: DataLoader worker processes (0 reads in the training process).
+        pin_memory: Pin batches in page-locked memory (only when CUDA is available).
+        persistent_workers: Keep DataLoader workers alive between evaluations.
+        val_windows: At most this many val windows, evenly spread through the val split.
+        seed: Seed of the training window order (each epoch a new permutation).
+        allow_approximate_resume: Resume from a checkpoint saved with another world size or
+            batch size at the same share of the epoch, instead of refusing.
+    """
+
+    def __init__(
+        self,
+        sources: list[str] = ["stdlib"],  # noqa: B006 - shown by --help; copied, never mutated
+        tokenizer: str = "gpt2",
+        data_dir: str = "data/stdlib-gpt2",
+        val_fraction: float = 0.005,
+        block_size: int = 1024,
+        shard_tokens: int = 100_000_000,
+        text_field: str = "text",
+        prepare_workers: int | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        val_windows: int = 200,
+        seed: int = 1234,
+        allow_approximate_resume: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()  # the tokenizer etc. travel in checkpoints
+        self.sources = list(sources)
+        self.window = block_size + 1  # (T + 1): inputs are [:-1], targets [1:]
+        self.meta: dict = {}
+        self.train_stream: TokenStream | None = None
+        self.val_stream: TokenStream | None = None
+        self.sampler: WindowSampler | None = None
+        self._pending_state: dict | None = None  # sampler state loaded before the sampler exists
+
+    # --- data on disk ---------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Tokenize the sources into ``data_dir`` unless done already.
+
+        Lightning runs this on one process per node (local rank 0) while the others wait.
+        With shared storage across nodes, set ``prepare_data_per_node = False`` on this
+        DataModule to run it once globally, or run ``lit-gpt-scratch prepare`` beforehand.
+
+        On a complete directory ``prepare`` is a no-op that verifies the directory was made
+        from these sources and settings (under 0.3 s for the stdlib corpus: it lists and stats
+        the source files), so we always call it: a config naming another tokenizer or corpus
+        than ``data_dir`` holds is refused instead of silently training on the wrong data.
+        """
+        h = self.hparams
+        prepare(
+            self.sources,
+            tokenizer=h.tokenizer,
+            data_dir=h.data_dir,
+            val_fraction=h.val_fraction,
+            block_size=h.block_size,
+            shard_tokens=h.shard_tokens,
+            text_field=h.text_field,
+            prepare_workers=h.prepare_workers,
+            progress=True,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the streams and check the data against the tokenizer and the attached model."""
+        h = self.hparams
+        self.meta = read_meta(h.data_dir)
+        check_tokenizer(self.meta, h.tokenizer, h.data_dir)
+        splits = self.meta["splits"]
+        self.train_stream = TokenStream(h.data_dir, "train", self.meta["dtype"], splits["train"])
+        self.val_stream = TokenStream(h.data_dir, "val", self.meta["dtype"], splits["val"])
+        if stage in (None, "fit"):
+            check_holds_a_window(self.train_stream, self.window, "add sources or lower block_size")
+        if stage in (None, "fit", "validate", "test"):
+            check_holds_a_window(self.val_stream, self.window, "raise data.val_fraction")
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        gpt = getattr(module, "gpt", None)
+        if gpt is not None:
+            check_against_model(self.meta, h.block_size, gpt)
+
+    # --- loaders --------------------------------------------------------------------------------
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _loader_options(self) -> dict:
+        h = self.hparams
+        return {
+            "num_workers": h.num_workers,
+            "pin_memory": h.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": h.persistent_workers and h.num_workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        """Infinite batches: the Trainer's length is ``max_steps``; validate every N steps."""
+        rank, world = self._rank_and_world()
+        if world > 1 and self._trainer_injects_distributed_sampler():
+            raise UserError(
+                "TokenDataModule splits windows across ranks itself: set "
+                "trainer.use_distributed_sampler: false"
+            )
+        h = self.hparams
+        sampler = WindowSampler(
+            len(self.train_stream),
+            self.window,
+            h.batch_size,
+            h.seed,
+            rank=rank,
+            world_size=world,
+            allow_approximate_resume=h.allow_approximate_resume,
+        )
+        # A reloaded loader continues where the last one stood; a checkpoint's state applies once.
+        state = self.sampler.state_dict() if self.sampler is not None else self._pending_state
+        if state:
+            sampler.load_state_dict(state)
+        self.sampler, self._pending_state = sampler, None
+        return DataLoader(
+            TrainWindows(self.train_stream, self.window),
+            batch_sampler=sampler,
+            **self._loader_options(),
+        )
+
+    def _trainer_injects_distributed_sampler(self) -> bool:
+        connector = getattr(self.trainer, "_accelerator_connector", None)
+        return bool(getattr(connector, "use_distributed_sampler", False))
+
+    def val_dataloader(self) -> DataLoader:
+        """The same ``val_windows`` windows every time, in order."""
+        rank, world = self._rank_and_world()
+        windows = ValWindows(self.val_stream, self.window, self.hparams.val_windows, rank, world)
+        if len(windows) == 0:
+            raise UserError(
+                f"the val split of {self.hparams.data_dir} has fewer windows than the "
+                f"{world} ranks: raise data.val_fraction"
+            )
+        return DataLoader(
+            windows, batch_size=self.hparams.batch_size, shuffle=False, **self._loader_options()
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # --- resume ---------------------------------------------------------------------------------
+
+    def mark_batch_consumed(self) -> None:
+        """Count one training batch as used. Call it once per batch, from ``training_step``.
+
+        The DataLoader prefetches, so the sampler cannot tell a batch drawn from one trained
+        on; this count is what checkpoints save and a resumed run continues after.
+        """
+        if self.sampler is None:
+            raise RuntimeError("mark_batch_consumed() before train_dataloader()")
+        self.sampler.mark_consumed()
+
+    def state_dict(self) -> dict:
+        """The train sampler's consumed position; Lightning saves it in every checkpoint."""
+        if self.sampler is not None:
+            return {"sampler": self.sampler.state_dict()}
+        return {"sampler": self._pending_state} if self._pending_state else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = state_dict.get("sampler")
+        if state and self.sampler is not None:
+            self.sampler.load_state_dict(state)
+        else:
+            self._pending_state = state
+
+
+# --- checks: one-line errors that name both sides -------------------------------------------------
+
+
+def check_tokenizer(meta: dict, tokenizer: str, data_dir: str) -> None:
+    """The shards' dtype and vocabulary must be the ones ``tokenizer`` produces."""
+    tok = load_tokenizer(tokenizer)  # cached; gpt2 loads offline in ~0.1 s
+    if np.dtype(meta["dtype"]) != tok.dtype or meta["vocab_size"] != tok.vocab_size:
+        raise UserError(
+            f"{data_dir} holds {meta['dtype']} tokens of a {meta['vocab_size']}-id vocabulary "
+            f"(tokenizer {meta['tokenizer']!r}), data.tokenizer {tokenizer!r} needs "
+            f"{tok.dtype.name} and {tok.vocab_size}: use another data.data_dir"
+        )
+
+
+def check_holds_a_window(stream: TokenStream, window: int, remedy: str) -> None:
+    if len(stream) < window:
+        raise UserError(
+            f"the {stream.split} split of {stream.data_dir} has {len(stream)} tokens, fewer than "
+            f"one window of block_size + 1 = {window}: {remedy}"
+        )
+
+
+def check_against_model(meta: dict, block_size: int, gpt) -> None:
+    """Every token id must have a row in the model; windows must be the model's length."""
+    if meta["vocab_size"] > gpt.vocab_size:
+        raise UserError(
+            f"the data has vocab_size {meta['vocab_size']} (tokenizer {meta['tokenizer']!r}), "
+            f"more than model.gpt.vocab_size {gpt.vocab_size}: raise it to {meta['vocab_size']}"
+        )
+    if block_size != gpt.block_size:
+        raise UserError(
+            f"data.block_size {block_size} differs from model.gpt.block_size {gpt.block_size}: "
+            "set them equal"
+        )

@@ -1,0 +1,118 @@
+"""LitGPT: the LightningModule around the GPT (loss, optimizer groups, schedule, metrics).
+
+It knows nothing of files: batches arrive as (B, block_size + 1) windows of token ids.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
+
+from lit_gpt_scratch.model.gpt import GPT
+from lit_gpt_scratch.optim import AdamW
+from lit_gpt_scratch.schedules import WarmupCosineLR
+
+
+class LitGPT(L.LightningModule):
+    """Trains a GPT on next-token prediction.
+
+    Args:
+        gpt: The model, injected from YAML (``model.gpt.class_path`` + ``init_args``).
+        optimizer: Called with two param groups: 2-D weights (matrices and embeddings, decayed
+            with the optimizer's ``weight_decay``) and everything else (biases, norm gains:
+            ``weight_decay`` 0).
+        lr_scheduler: Called with the optimizer; stepped after every optimizer step. A
+            scheduler with ``set_total_steps`` gets the run's total optimizer steps.
+        compile: ``torch.compile`` the GPT in place (state-dict keys unchanged). None: on CUDA.
+    """
+
+    def __init__(
+        self,
+        gpt: GPT,
+        optimizer: OptimizerCallable = AdamW,
+        lr_scheduler: LRSchedulerCallable = WarmupCosineLR,
+        compile: bool | None = None,
+    ):
+        super().__init__()
+        # Plain save_hyperparameters(): under LightningCLI it records the YAML specs, so
+        # load_from_checkpoint rebuilds the injected GPT (ignoring "gpt" would break that).
+        self.save_hyperparameters()
+        self.gpt = gpt
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.compile_model = compile
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        use = self.compile_model
+        if use is None:
+            use = self.device.type == "cuda"
+        if use and not getattr(self, "_compiled", False):
+            self.gpt.compile()  # in place: no "_orig_mod." prefix in checkpoints
+            self._compiled = True
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.gpt(idx, targets)
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and the ids that follow each
+        _, loss = self.gpt(x, y)  # fp32 cross-entropy
+        return loss
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        # The data position saved in checkpoints counts batches trained on, not batches the
+        # loader prefetched. Mark it here: a checkpoint saved at this step's end (callbacks
+        # run before the module's on_train_batch_end) must already count this batch.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "mark_batch_consumed"):
+            datamodule.mark_batch_consumed()
+        loss = self._loss(batch)
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.val_loss.update(self._loss(batch), weight=batch.size(0))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.log_dict({"val/loss": loss, "val/ppl": loss.exp()}, prog_bar=True, sync_dist=False)
+        self.val_loss.reset()
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.test_loss.update(self._loss(batch), weight=batch.size(0))
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.test_loss.compute()
+        self.log_dict({"test/loss": loss, "test/ppl": loss.exp()})
+        self.test_loss.reset()
+
+    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Mean next-token loss of each window, (B,)."""
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits, _ = self.gpt(x)
+        losses = torch.nn.functional.cross_entropy(
+            logits.float().transpose(1, 2), y, reduction="none"
+        )  # (B, T)
+        return losses.mean(dim=1)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.gpt.parameters() if p.grad is not None]
+        if grads:  # before clipping: the norm the update would have had
+            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+            self.log("train/grad_norm", norm, on_step=True)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.gpt.parameters():  # each parameter once, a tied head included
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(groups)
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,54 @@
+"""Learning-rate schedules, stepped once per optimizer step."""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class WarmupCosineLR(LRScheduler):
+    """Linear warmup from 0 to the optimizer's lr, then cosine decay to ``min_lr``.
+
+    Args:
+        optimizer: The wrapped optimizer; its ``lr`` (per group) is the peak.
+        warmup_steps: Steps of linear warmup.
+        max_steps: Step at which the decay reaches ``min_lr`` (it stays there after). None:
+            the Trainer's total optimizer steps, filled in by LitGPT through ``set_total_steps``.
+        min_lr: Final learning rate, for every group.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup_steps: int = 100,
+        max_steps: int | None = None,
+        min_lr: float = 0.0,
+    ):
+        self.warmup_steps, self.max_steps, self.min_lr = warmup_steps, max_steps, min_lr
+        super().__init__(optimizer)
+
+    def set_total_steps(self, total: int) -> None:
+        """Called by LitGPT with the run's optimizer steps when ``max_steps`` was left None."""
+        if self.max_steps is None:
+            self.max_steps = int(total)
+            self._reset_lr()
+
+    def _reset_lr(self) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch  # LRScheduler counts steps in last_epoch
+        return [self.lr_at(step, base) for base in self.base_lrs]
+
+    def lr_at(self, step: int, peak: float) -> float:
+        if step < self.warmup_steps:
+            return peak * (step + 1) / (self.warmup_steps + 1)
+        if self.max_steps is None:
+            return peak
+        if step >= self.max_steps:
+            return self.min_lr
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        return self.min_lr + 0.5 * (peak - self.min_lr) * (1 + math.cos(math.pi * progress))
