@@ -34,8 +34,8 @@ class LoadedGPT:
     tokenizer: str  # tokenizer spec recorded in the checkpoint, or gpt2
 
 
-def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
-    """The GPT stored in a checkpoint file, in eval mode on ``device``."""
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file's dict (tensors on the CPU); UserError if missing or damaged."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -47,11 +47,16 @@ def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
     spec = (ckpt.get("hyper_parameters") or {}).get("gpt") if isinstance(ckpt, dict) else None
     if not isinstance(spec, dict) or "state_dict" not in ckpt:
         raise UserError(f"checkpoint {path} holds no GPT (no state_dict or hyper_parameters.gpt)")
-    try:
-        gpt = build_gpt(spec)
-    except Exception as e:
-        reason = " ".join(str(e).split())[:200]
-        raise UserError(f"checkpoint {path}: its model spec does not build ({reason})") from None
+    return ckpt
+
+
+def is_weights_only(ckpt: dict) -> bool:
+    """True for a checkpoint with no training state to resume (as import_hf writes)."""
+    return "loops" not in ckpt and "optimizer_states" not in ckpt
+
+
+def load_weights(gpt: GPT, ckpt: dict, path: str | Path) -> None:
+    """Copy a checkpoint's GPT weights into ``gpt``; UserError naming the file if they differ."""
     weights = {
         key[len(PREFIX) :].replace("_orig_mod.", ""): value
         for key, value in ckpt["state_dict"].items()
@@ -61,7 +66,19 @@ def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
         gpt.load_state_dict(weights)
     except RuntimeError as e:
         reason = " ".join(str(e).split())[:300]
-        raise UserError(f"checkpoint {path}: weights do not fit its model ({reason})") from None
+        raise UserError(f"checkpoint {path}: weights do not fit the model ({reason})") from None
+
+
+def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
+    """The GPT stored in a checkpoint file, in eval mode on ``device``."""
+    ckpt = read_checkpoint(path)
+    spec = ckpt["hyper_parameters"]["gpt"]
+    try:
+        gpt = build_gpt(spec)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path}: its model spec does not build ({reason})") from None
+    load_weights(gpt, ckpt, path)
     data = ckpt.get("datamodule_hyper_parameters") or {}
     tokenizer = data.get("tokenizer") or DEFAULT_TOKENIZER
     return LoadedGPT(gpt.to(device).eval(), spec, tokenizer)

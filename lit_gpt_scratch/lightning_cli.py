@@ -8,10 +8,15 @@ is linked to ``model.gpt.init_args.block_size``: write it once, under ``data``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
+from lit_gpt_scratch.checkpoint import is_weights_only, load_weights, read_checkpoint
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.lit_module import LitGPT
 
@@ -37,13 +42,35 @@ class LitGPTCLI(LightningCLI):
         parser.add_lightning_class_args(TextSamples, "samples")
         parser.link_arguments("data.block_size", "model.gpt.init_args.block_size")
 
+    def before_fit(self) -> None:
+        """``--ckpt_path`` to a weights-only checkpoint (``import_hf``'s) starts a fine-tune:
+        the weights load into the configured model; optimizer and step count start fresh."""
+        config = self.config_init[self.subcommand]
+        path = config.get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return  # "last", "best", None: Lightning resolves them
+        ckpt = read_checkpoint(path)
+        if is_weights_only(ckpt):
+            load_weights(self.model.gpt, ckpt, path)
+            config["ckpt_path"] = None
+            rank_zero_info(f"starting from the weights in {path} (fresh optimizer and step count)")
+
 
 def run(args: list[str]) -> int:
     """Run a LightningCLI subcommand (``args[0]``) with the rest of the command line."""
+    # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
+    saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
+    try:
+        _run_cli()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _run_cli() -> None:
     LitGPTCLI(
         LitGPT,
         TokenDataModule,
-        args=args,
         auto_configure_optimizers=False,  # LitGPT builds its own param groups
         trainer_defaults={
             "default_root_dir": RUNS_DIR,
@@ -54,4 +81,3 @@ def run(args: list[str]) -> int:
         },
         save_config_kwargs={"overwrite": False},
     )
-    return 0

@@ -1,0 +1,155 @@
+"""fit / validate / test / predict through the CLI: configs, logs, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import LOREM, write_text_corpus
+
+from lit_gpt_scratch.checkpoint import load_gpt
+from lit_gpt_scratch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.fixture
+def cli(capsys):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # jsonargparse exits after --print_config, or on a bad key
+            code = e.code or 0
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """Runs land in tmp_path/checkpoints (the configs' relative save_dir)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def small_run_args(corpus: Path, data_dir: Path, **overrides) -> list[str]:
+    """configs/tiny.yaml shrunk to seconds: a 1-layer width-32 model on a small corpus."""
+    args = {
+        "data.sources": f"[{corpus}]", "data.data_dir": str(data_dir), "data.block_size": "32",
+        "data.batch_size": "4", "data.val_fraction": "0.2", "data.val_windows": "8",
+        "data.prepare_workers": "0", "model.gpt.init_args.n_layer": "1",
+        "model.gpt.init_args.d_model": "32", "model.gpt.init_args.n_head": "2",
+        "trainer.max_steps": "6", "trainer.val_check_interval": "3",
+        "trainer.limit_val_batches": "2", "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false", "samples.every_n_steps": "3",
+        "samples.max_new_tokens": "8", "checkpoint.every_n_train_steps": "3",
+        "throughput.every_n_steps": "2", "trainer.log_every_n_steps": "1",
+    }  # fmt: skip
+    args.update(overrides)
+    return ["--config", str(ROOT / "configs/tiny.yaml"), *(f"--{k}={v}" for k, v in args.items())]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_validates_with_print_config(config, cli):
+    result = cli("fit", "--config", str(config), "--print_config")
+    assert result.returncode == 0, result.stderr
+    assert "class_path: lit_gpt_scratch.model.gpt.GPT" in result.stdout
+    assert "block_size:" in result.stdout
+
+
+def test_block_size_is_linked_from_data_to_model(monkeypatch):
+    from lit_gpt_scratch.data.datamodule import TokenDataModule
+    from lit_gpt_scratch.lightning_cli import LitGPTCLI
+    from lit_gpt_scratch.lit_module import LitGPT
+
+    monkeypatch.setattr("sys.argv", ["lit-gpt-scratch"])
+    args = ["--config", str(ROOT / "configs/tiny.yaml"), "--data.block_size=64"]
+    built = LitGPTCLI(
+        LitGPT, TokenDataModule, args=args, run=False, auto_configure_optimizers=False
+    )
+    assert built.model.gpt.block_size == 64 and built.datamodule.hparams.block_size == 64
+
+
+def test_unknown_key_exits_non_zero_naming_it(cli):
+    result = cli(
+        "fit", "--config", str(ROOT / "configs/tiny.yaml"), "--model.gpt.init_args.n_layr=2"
+    )
+    assert result.returncode != 0 and "n_layr" in result.stderr
+
+
+def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
+    corpus = write_text_corpus(run_dir / "corpus", LOREM * 4)
+    result = cli("fit", *small_run_args(corpus, run_dir / "data"))
+    assert result.returncode == 0, result.stderr
+    run = run_dir / "checkpoints" / "tiny" / "version_0"
+    assert (run / "config.yaml").is_file()
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("step=") for n in ckpts)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "val/loss", "val/ppl", "train/grad_norm", "train/tokens",
+                "train/tokens_per_sec", "lr-AdamW/pg1"):  # fmt: skip
+        assert tag in scalars, tag
+    assert [e.step for e in events.Scalars("val/loss")] == [2, 5]
+    assert "samples/text_summary" in events.Tags()["tensors"]
+
+    # The checkpoint fit wrote serves generate and validate.
+    loaded = load_gpt(run / "checkpoints" / "last.ckpt")
+    assert loaded.gpt.block_size == 32 and loaded.tokenizer == "gpt2"
+    gen = cli("generate", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--prompt=The",
+              "--max_new_tokens=5", "--temperature=0")  # fmt: skip
+    assert gen.returncode == 0 and gen.stdout.strip()
+    val = cli("validate", *small_run_args(corpus, run_dir / "data"),
+              f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    assert val.returncode == 0, val.stderr
+
+    # --ckpt_path last continues the step count in a new run folder
+    more = cli("fit", *small_run_args(corpus, run_dir / "data", **{"trainer.max_steps": "9"}),
+               f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    newest = max((run_dir / "checkpoints/tiny").iterdir(), key=lambda p: int(p.name[8:]))
+    resumed = EventAccumulator(str(newest), size_guidance={"scalars": 0})
+    resumed.Reload()
+    assert min(e.step for e in resumed.Scalars("train/loss")) >= 6
+
+
+def test_model_smaller_than_the_data_vocabulary_is_refused(run_dir, cli):
+    corpus = write_text_corpus(run_dir / "corpus", LOREM)
+    args = small_run_args(corpus, run_dir / "data", **{"model.gpt.init_args.vocab_size": "1000"})
+    result = cli("fit", *args)
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "50257" in line and "1000" in line
+
+
+def test_imported_hf_checkpoint_starts_a_fine_tune(run_dir, cli):
+    """import_hf writes a checkpoint that fit --ckpt_path accepts (weights, fresh optimizer)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    transformers.GPT2LMHeadModel(config).save_pretrained(run_dir / "hf")
+    assert (
+        cli("import_hf", f"--hf_dir={run_dir / 'hf'}", f"--out={run_dir / 'gpt2.ckpt'}").returncode
+        == 0
+    )
+    corpus = write_text_corpus(run_dir / "corpus", LOREM)
+    args = small_run_args(corpus, run_dir / "data", **{"model.gpt.init_args.n_head": "2"})
+    result = cli("fit", *args, f"--ckpt_path={run_dir / 'gpt2.ckpt'}")
+    assert result.returncode == 0, result.stderr
+
+
+def test_fast_dev_run(run_dir, cli):
+    corpus = write_text_corpus(run_dir / "corpus", LOREM)
+    result = cli("fit", *small_run_args(corpus, run_dir / "data"), "--trainer.fast_dev_run=true")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((run_dir / "data" / "meta.json").read_text())
+    assert meta["tokenizer"] == "gpt2"
