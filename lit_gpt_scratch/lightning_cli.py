@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
 from lit_gpt_scratch.checkpoint import is_weights_only, load_weights, read_checkpoint
 from lit_gpt_scratch.data.datamodule import TokenDataModule
+from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
 
 RUNS_DIR = "checkpoints"
@@ -58,6 +59,7 @@ class LitGPTCLI(LightningCLI):
 
 def run(args: list[str]) -> int:
     """Run a LightningCLI subcommand (``args[0]``) with the rest of the command line."""
+    keep_freed_memory()
     # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     try:
