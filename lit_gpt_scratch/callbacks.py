@@ -119,9 +119,14 @@ class TextSamples(L.Callback):
         ids = tok.encode_ordinary(self.prompt).tolist() if self.prompt else [tok.eot_id]
         room = pl_module.gpt.block_size - len(ids)
         new = generate(
-            pl_module.gpt, [ids], min(self.max_new_tokens, room), temperature=self.temperature,
-            top_k=self.top_k, seed=self.seed, stop_id=tok.eot_id,
-        )[0]  # fmt: skip
+            pl_module.gpt,
+            [ids],
+            min(self.max_new_tokens, room),
+            temperature=self.temperature,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop_id=tok.eot_id,
+        )[0]
         return self.prompt + tok.decode(new)
 
     def log_sample(self, trainer, pl_module, step: int) -> None:

@@ -68,9 +68,16 @@ def generate(
             f"the prompt has {len(ids)} tokens; the model reads {loaded.gpt.block_size}"
         )
     outputs = generate_ids(
-        loaded.gpt, [ids] * num_samples, min(max_new_tokens, room), temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed, stop_id=tok.eot_id, use_cache=use_cache,
-    )  # fmt: skip
+        loaded.gpt,
+        [ids] * num_samples,
+        min(max_new_tokens, room),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_id=tok.eot_id,
+        use_cache=use_cache,
+    )
     for i, new in enumerate(outputs):
         if i:
             print("\n---------------")

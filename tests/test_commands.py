@@ -63,12 +63,19 @@ def test_import_generate_export_round_trip(hf_dir, tmp_path, cli):
     theirs = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     prompt = "def fibonacci(n):"
     ids = GPT2.encode_ordinary(prompt).tolist()
-    want = theirs.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                           pad_token_id=0)[0, len(ids):].tolist()  # fmt: skip
+    want = theirs.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)[
+        0, len(ids) :
+    ].tolist()
     if 50256 in want:
         want = want[: want.index(50256)]
-    result = cli("generate", f"--ckpt_path={ckpt}", f"--prompt={prompt}", "--max_new_tokens=12",
-                 "--temperature=0", "--device=cpu")  # fmt: skip
+    result = cli(
+        "generate",
+        f"--ckpt_path={ckpt}",
+        f"--prompt={prompt}",
+        "--max_new_tokens=12",
+        "--temperature=0",
+        "--device=cpu",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == GPT2.decode(want) + "\n"
 
@@ -87,8 +94,14 @@ def test_generate_samples_are_seeded_and_batched(tmp_path, cli):
     rope = {"class_path": "lit_gpt_scratch.model.position.RotaryPosition"}
     spec = tiny_spec(vocab_size=50257, block_size=32, d_model=16, init_std=0.5, position=rope)
     save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
-    args = [f"--ckpt_path={tmp_path / 'm.ckpt'}", "--prompt=x = 1", "--max_new_tokens=8",
-            "--num_samples=3", "--seed=5", "--temperature=1.0"]  # fmt: skip
+    args = [
+        f"--ckpt_path={tmp_path / 'm.ckpt'}",
+        "--prompt=x = 1",
+        "--max_new_tokens=8",
+        "--num_samples=3",
+        "--seed=5",
+        "--temperature=1.0",
+    ]
     first, second = cli("generate", *args), cli("generate", *args)
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout and first.stdout.count("---------------") == 2

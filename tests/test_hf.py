@@ -24,19 +24,35 @@ V, T = 97, 24
 def hf_gpt2(tied=True):
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        n_layer=2, n_head=4, n_embd=32, vocab_size=V, n_positions=T, tie_word_embeddings=tied,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        vocab_size=V,
+        n_positions=T,
+        tie_word_embeddings=tied,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return _randomize(transformers.GPT2LMHeadModel(config))
 
 
 def hf_llama(tied=True, bias=False):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=V, max_position_embeddings=T, rope_theta=500.0,
-        tie_word_embeddings=tied, attention_bias=bias, mlp_bias=bias, rms_norm_eps=1e-5,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=V,
+        max_position_embeddings=T,
+        rope_theta=500.0,
+        tie_word_embeddings=tied,
+        attention_bias=bias,
+        mlp_bias=bias,
+        rms_norm_eps=1e-5,
+    )
     return _randomize(transformers.LlamaForCausalLM(config))
 
 
@@ -60,8 +76,9 @@ def assert_same_function(ours: GPT, theirs):
         mine, _ = ours(idx)
     assert torch.allclose(mine, hf_logits(theirs, idx), atol=1e-4, rtol=0)
     prompts = [[1, 2, 3, 4], [5, 6], [7]]
-    want = theirs.generate(torch.tensor([prompts[0]]), max_new_tokens=8, do_sample=False,
-                           pad_token_id=0)[0, 4:].tolist()  # fmt: skip
+    want = theirs.generate(
+        torch.tensor([prompts[0]]), max_new_tokens=8, do_sample=False, pad_token_id=0
+    )[0, 4:].tolist()
     assert generate(ours, prompts[:1], 8, temperature=0) == [want]
 
 
@@ -92,8 +109,17 @@ def randomized(model: GPT) -> GPT:
 
 
 def test_gpt2_to_hf_with_vocab_padding_and_no_biases():
-    ours = randomized(GPT(vocab_size=V, block_size=T, n_layer=2, n_head=4, d_model=32,
-                          vocab_multiple=64, norm=lambda d: LayerNorm(d, bias=False)))  # fmt: skip
+    ours = randomized(
+        GPT(
+            vocab_size=V,
+            block_size=T,
+            n_layer=2,
+            n_head=4,
+            d_model=32,
+            vocab_multiple=64,
+            norm=lambda d: LayerNorm(d, bias=False),
+        )
+    )
     theirs = hf_from_gpt(ours)
     assert isinstance(theirs, transformers.GPT2LMHeadModel)
     assert theirs.transformer.wte.weight.shape == (V, 32)  # padding rows dropped
@@ -101,12 +127,20 @@ def test_gpt2_to_hf_with_vocab_padding_and_no_biases():
 
 
 def test_llama_to_hf_with_gqa_and_untied_head():
-    ours = randomized(GPT(
-        vocab_size=V, block_size=T, n_layer=2, n_head=4, d_model=32, tie_embeddings=False,
-        attention=lambda *s: CausalSelfAttention(*s, n_kv_head=2, bias=False),
-        mlp=lambda d: SwiGLU(d, hidden=48), norm=RMSNorm,
-        position=lambda *s: RotaryPosition(*s, base=500.0),
-    ))  # fmt: skip
+    ours = randomized(
+        GPT(
+            vocab_size=V,
+            block_size=T,
+            n_layer=2,
+            n_head=4,
+            d_model=32,
+            tie_embeddings=False,
+            attention=lambda *s: CausalSelfAttention(*s, n_kv_head=2, bias=False),
+            mlp=lambda d: SwiGLU(d, hidden=48),
+            norm=RMSNorm,
+            position=lambda *s: RotaryPosition(*s, base=500.0),
+        )
+    )
     theirs = hf_from_gpt(ours)
     assert isinstance(theirs, transformers.LlamaForCausalLM)
     assert_same_function(ours, theirs)
@@ -127,15 +161,21 @@ def test_round_trip_through_a_saved_directory(tmp_path):
     [
         ({"position": NoPosition}, r"position NoPosition has no Hugging Face equivalent"),
         ({"mlp": ReluSquaredMLP}, r"mlp ReluSquaredMLP has no Hugging Face equivalent"),
-        ({"attention": lambda *s: CausalSelfAttention(*s, window=4)},
-         r"attention CausalSelfAttention with a sliding window"),
-        ({"attention": lambda *s: CausalSelfAttention(*s, qk_norm=True)},
-         r"attention CausalSelfAttention with QK-norm"),
-        ({"attention": lambda *s: CausalSelfAttention(*s, n_kv_head=2)},
-         r"attention CausalSelfAttention with grouped-query attention"),
+        (
+            {"attention": lambda *s: CausalSelfAttention(*s, window=4)},
+            r"attention CausalSelfAttention with a sliding window",
+        ),
+        (
+            {"attention": lambda *s: CausalSelfAttention(*s, qk_norm=True)},
+            r"attention CausalSelfAttention with QK-norm",
+        ),
+        (
+            {"attention": lambda *s: CausalSelfAttention(*s, n_kv_head=2)},
+            r"attention CausalSelfAttention with grouped-query attention",
+        ),
         ({"position": RotaryPosition}, r"mlp GeluMLP has no Hugging Face equivalent"),
     ],
-)  # fmt: skip
+)
 def test_unexpressible_models_name_the_blocking_component(kwargs, message):
     model = GPT(vocab_size=V, block_size=T, n_layer=1, n_head=4, d_model=32, **kwargs)
     with pytest.raises(UserError, match=message):

@@ -40,16 +40,27 @@ def run_dir(tmp_path, monkeypatch):
 def small_run_args(corpus: Path, data_dir: Path, **overrides) -> list[str]:
     """configs/tiny.yaml shrunk to seconds: a 1-layer width-32 model on a small corpus."""
     args = {
-        "data.sources": f"[{corpus}]", "data.data_dir": str(data_dir), "data.block_size": "32",
-        "data.batch_size": "4", "data.val_fraction": "0.2", "data.val_windows": "8",
-        "data.prepare_workers": "0", "model.gpt.init_args.n_layer": "1",
-        "model.gpt.init_args.d_model": "32", "model.gpt.init_args.n_head": "2",
-        "trainer.max_steps": "6", "trainer.val_check_interval": "3",
-        "trainer.limit_val_batches": "2", "trainer.enable_progress_bar": "false",
-        "trainer.enable_model_summary": "false", "samples.every_n_steps": "3",
-        "samples.max_new_tokens": "8", "checkpoint.every_n_train_steps": "3",
-        "throughput.every_n_steps": "2", "trainer.log_every_n_steps": "1",
-    }  # fmt: skip
+        "data.sources": f"[{corpus}]",
+        "data.data_dir": str(data_dir),
+        "data.block_size": "32",
+        "data.batch_size": "4",
+        "data.val_fraction": "0.2",
+        "data.val_windows": "8",
+        "data.prepare_workers": "0",
+        "model.gpt.init_args.n_layer": "1",
+        "model.gpt.init_args.d_model": "32",
+        "model.gpt.init_args.n_head": "2",
+        "trainer.max_steps": "6",
+        "trainer.val_check_interval": "3",
+        "trainer.limit_val_batches": "2",
+        "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false",
+        "samples.every_n_steps": "3",
+        "samples.max_new_tokens": "8",
+        "checkpoint.every_n_train_steps": "3",
+        "throughput.every_n_steps": "2",
+        "trainer.log_every_n_steps": "1",
+    }
     args.update(overrides)
     return ["--config", str(ROOT / "configs/tiny.yaml"), *(f"--{k}={v}" for k, v in args.items())]
 
@@ -60,6 +71,45 @@ def test_every_config_validates_with_print_config(config, cli):
     assert result.returncode == 0, result.stderr
     assert "class_path: lit_gpt_scratch.model.gpt.GPT" in result.stdout
     assert "block_size:" in result.stdout
+
+
+OVERLAYS = sorted((ROOT / "configs" / "overlays").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("base", ["tiny", "124m"])
+def test_overlays_stack_on_configs(base, overlay, cli):
+    result = cli(
+        "fit",
+        "--config",
+        str(ROOT / f"configs/{base}.yaml"),
+        "--config",
+        str(overlay),
+        "--print_config",
+    )
+    assert result.returncode == 0, result.stderr
+    if overlay.stem == "rope":
+        assert "class_path: lit_gpt_scratch.model.position.RotaryPosition" in result.stdout
+
+
+def test_cpu_debug_overlay_runs_the_124m_config(run_dir, cli):
+    corpus = write_text_corpus(run_dir / "c", LOREM * 4)
+    configs = [
+        "--config",
+        str(ROOT / "configs/124m.yaml"),
+        "--config",
+        str(ROOT / "configs/overlays/cpu-debug.yaml"),
+    ]
+    result = cli(
+        "fit",
+        *configs,
+        "--trainer.enable_progress_bar=false",
+        f"--data.sources=[{corpus}]",
+        f"--data.data_dir={run_dir / 'data'}",
+        "--data.val_fraction=0.2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "checkpoints" / "124m" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_block_size_is_linked_from_data_to_model(monkeypatch):
@@ -96,8 +146,15 @@ def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
     events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("train/loss", "val/loss", "val/ppl", "train/grad_norm", "train/tokens",
-                "train/tokens_per_sec", "lr-AdamW/pg1"):  # fmt: skip
+    for tag in (
+        "train/loss",
+        "val/loss",
+        "val/ppl",
+        "train/grad_norm",
+        "train/tokens",
+        "train/tokens_per_sec",
+        "lr-AdamW/pg1",
+    ):
         assert tag in scalars, tag
     assert [e.step for e in events.Scalars("val/loss")] == [2, 5]
     assert "samples/text_summary" in events.Tags()["tensors"]
@@ -105,16 +162,27 @@ def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
     # The checkpoint fit wrote serves generate and validate.
     loaded = load_gpt(run / "checkpoints" / "last.ckpt")
     assert loaded.gpt.block_size == 32 and loaded.tokenizer == "gpt2"
-    gen = cli("generate", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--prompt=The",
-              "--max_new_tokens=5", "--temperature=0")  # fmt: skip
+    gen = cli(
+        "generate",
+        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "--prompt=The",
+        "--max_new_tokens=5",
+        "--temperature=0",
+    )
     assert gen.returncode == 0 and gen.stdout.strip()
-    val = cli("validate", *small_run_args(corpus, run_dir / "data"),
-              f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    val = cli(
+        "validate",
+        *small_run_args(corpus, run_dir / "data"),
+        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+    )
     assert val.returncode == 0, val.stderr
 
     # --ckpt_path last continues the step count in a new run folder
-    more = cli("fit", *small_run_args(corpus, run_dir / "data", **{"trainer.max_steps": "9"}),
-               f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    more = cli(
+        "fit",
+        *small_run_args(corpus, run_dir / "data", **{"trainer.max_steps": "9"}),
+        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+    )
     assert more.returncode == 0, more.stderr
     newest = max((run_dir / "checkpoints/tiny").iterdir(), key=lambda p: int(p.name[8:]))
     resumed = EventAccumulator(str(newest), size_guidance={"scalars": 0})

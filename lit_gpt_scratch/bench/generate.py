@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__} · threads {torch.get_num_threads()}"
     )
     print(f"command: python -m lit_gpt_scratch.bench.generate {shlex.join(argv)}".rstrip())
-    print(f"greedy, batch 1, {args.prompt_tokens}-token prompt, up to {args.new_tokens} new "
-          f"tokens (the model's block_size permitting), fp32, median of {args.repeat}")  # fmt: skip
+    print(
+        f"greedy, batch 1, {args.prompt_tokens}-token prompt, up to {args.new_tokens} new "
+        f"tokens (the model's block_size permitting), fp32, median of {args.repeat}"
+    )
     print()
     print("| config | parameters | new tokens | KV cache | tokens/s | seconds |")
     print("|---|---:|---:|---|---:|---:|")

@@ -110,9 +110,14 @@ def measure_prepare(corpus_dir: str, out_dir: str, spec: str, workers: int) -> d
     logging.getLogger("lit_gpt_scratch").setLevel(logging.ERROR)  # e.g. "val split is small"
     start = time.perf_counter()
     meta = prepare(
-        sources=[corpus_dir], tokenizer=spec, data_dir=out_dir, val_fraction=0.005,
-        block_size=1024, prepare_workers=workers, progress=False,
-    )  # fmt: skip
+        sources=[corpus_dir],
+        tokenizer=spec,
+        data_dir=out_dir,
+        val_fraction=0.005,
+        block_size=1024,
+        prepare_workers=workers,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,

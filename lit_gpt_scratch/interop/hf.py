@@ -191,23 +191,36 @@ def hf_from_gpt(model: GPT):
         _require(isinstance(mlp, GeluMLP), "mlp", mlp, "GPT-2 layout")
         _require(isinstance(norm, LayerNorm), "norm", norm, "GPT-2 layout")
         config = transformers.GPT2Config(
-            n_embd=d, n_layer=model.n_layer, n_head=attn.n_head, n_positions=model.block_size,
-            n_inner=mlp.c_fc.out_features, activation_function="gelu_new",
-            layer_norm_epsilon=norm.eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
-        )  # fmt: skip
+            n_embd=d,
+            n_layer=model.n_layer,
+            n_head=attn.n_head,
+            n_positions=model.block_size,
+            n_inner=mlp.c_fc.out_features,
+            activation_function="gelu_new",
+            layer_norm_epsilon=norm.eps,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
         hf = transformers.GPT2LMHeadModel(config)
         state = _gpt2_state(model)
     elif isinstance(position, RotaryPosition):
         _require(isinstance(mlp, SwiGLU), "mlp", mlp, "Llama layout")
         _require(isinstance(norm, RMSNorm), "norm", norm, "Llama layout")
         config = transformers.LlamaConfig(
-            hidden_size=d, intermediate_size=mlp.up.out_features,
-            num_hidden_layers=model.n_layer, num_attention_heads=attn.n_head,
-            num_key_value_heads=attn.n_kv_head, max_position_embeddings=model.block_size,
-            rms_norm_eps=norm.eps, rope_theta=position.base,
-            attention_bias=attn.c_attn.bias is not None, mlp_bias=mlp.up.bias is not None,
+            hidden_size=d,
+            intermediate_size=mlp.up.out_features,
+            num_hidden_layers=model.n_layer,
+            num_attention_heads=attn.n_head,
+            num_key_value_heads=attn.n_kv_head,
+            max_position_embeddings=model.block_size,
+            rms_norm_eps=norm.eps,
+            rope_theta=position.base,
+            attention_bias=attn.c_attn.bias is not None,
+            mlp_bias=mlp.up.bias is not None,
             **common,
-        )  # fmt: skip
+        )
         hf = transformers.LlamaForCausalLM(config)
         state = _llama_state(model)
     else:
@@ -249,9 +262,11 @@ def _gpt2_state(model: GPT) -> dict:
             out[h + name + ".weight"] = norm.weight.detach()
             out[h + name + ".bias"] = _or_zeros(norm.bias, norm.weight.numel())
         for name, linear in (
-            ("attn.c_attn", block.attn.c_attn), ("attn.c_proj", block.attn.c_proj),
-            ("mlp.c_fc", block.mlp.c_fc), ("mlp.c_proj", block.mlp.c_proj),
-        ):  # fmt: skip
+            ("attn.c_attn", block.attn.c_attn),
+            ("attn.c_proj", block.attn.c_proj),
+            ("mlp.c_fc", block.mlp.c_fc),
+            ("mlp.c_proj", block.mlp.c_proj),
+        ):
             out[h + name + ".weight"] = linear.weight.detach().t()  # Conv1D stores (in, out)
             out[h + name + ".bias"] = _or_zeros(linear.bias, linear.out_features)
     if not model_is_tied(model):
