@@ -229,8 +229,11 @@ SLOW_CORPUS = [
     for i in range(400)
 ]
 # prepare through the CLI, in a child process, with small chunks and a checkpoint after each.
+# Ctrl-C is made live as in a terminal: a job started in the background of a non-interactive
+# shell (as CI may be) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
 PREPARE_SCRIPT = (
-    "import sys, lit_gpt_scratch.data.prepare as p, lit_gpt_scratch.data.sources as s;"
+    "import signal, sys, lit_gpt_scratch.data.prepare as p, lit_gpt_scratch.data.sources as s;"
+    "signal.signal(signal.SIGINT, signal.default_int_handler);"
     "p.CHECKPOINT_SECONDS = 0; s.CHUNK_BYTES = 4096;"
     "from lit_gpt_scratch.cli import main; sys.exit(main(sys.argv[1:]))"
 )
