@@ -47,8 +47,8 @@ class LitGPT(L.LightningModule):
 
     def configure_model(self) -> None:
         use = self.compile_model
-        if use is None:
-            use = self.device.type == "cuda"
+        if use is None:  # the module may not be on its device yet: ask the strategy
+            use = self.trainer.strategy.root_device.type == "cuda"
         if use and not getattr(self, "_compiled", False):
             self.gpt.compile()  # in place: no "_orig_mod." prefix in checkpoints
             self._compiled = True
