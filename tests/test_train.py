@@ -221,3 +221,25 @@ def test_fast_dev_run(run_dir, cli):
     assert result.returncode == 0, result.stderr
     meta = json.loads((run_dir / "data" / "meta.json").read_text())
     assert meta["tokenizer"] == "gpt2"
+
+
+def test_a_hundred_real_steps_lower_the_val_loss(run_dir, cli):
+    corpus = write_text_corpus(run_dir / "corpus", LOREM * 4)
+    overrides = {
+        "trainer.max_steps": "100",
+        "trainer.val_check_interval": "50",
+        "samples.every_n_steps": "0",
+        "checkpoint.every_n_train_steps": "0",
+    }
+    result = cli("fit", *small_run_args(corpus, run_dir / "data", **overrides))
+    assert result.returncode == 0, result.stderr
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(
+        str(run_dir / "checkpoints/tiny/version_0"), size_guidance={"scalars": 0}
+    )
+    events.Reload()
+    val = [e.value for e in events.Scalars("val/loss")]
+    assert len(val) == 2 and val[1] < val[0] - 0.5  # and far below ln(50257) = 10.8 at init
+    assert val[0] < 10.0
