@@ -111,23 +111,20 @@ class TextSamples(L.Callback):
             self.log_sample(trainer, pl_module, trainer.global_step)
 
     def sample(self, trainer, pl_module) -> str:
-        from lit_gpt_scratch.model.generate import generate
+        from lit_gpt_scratch.model.generate import generate_text
         from lit_gpt_scratch.tokenizer import load_tokenizer
 
         spec = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("tokenizer", "gpt2")
-        tok = load_tokenizer(spec)
-        ids = tok.encode_ordinary(self.prompt).tolist() if self.prompt else [tok.eot_id]
-        room = pl_module.gpt.block_size - len(ids)
-        new = generate(
+        [text] = generate_text(
             pl_module.gpt,
-            [ids],
-            min(self.max_new_tokens, room),
+            load_tokenizer(spec),
+            self.prompt,
+            self.max_new_tokens,
             temperature=self.temperature,
             top_k=self.top_k,
             seed=self.seed,
-            stop_id=tok.eot_id,
-        )[0]
-        return self.prompt + tok.decode(new)
+        )
+        return self.prompt + text
 
     def log_sample(self, trainer, pl_module, step: int) -> None:
         text = self.sample(trainer, pl_module)

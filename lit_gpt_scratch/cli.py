@@ -8,7 +8,6 @@ a one-line summary and a function that takes the remaining arguments and returns
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import sys
 from collections.abc import Callable
@@ -61,11 +60,10 @@ def parse(parser, args: list[str]):
 
 
 def run_prepare(args: list[str]) -> int:
-    from lit_gpt_scratch.data.prepare import prepare
+    from lit_gpt_scratch.data.prepare import prepare_from_config
 
     cfg = parse(prepare_parser(), args)
-    options = inspect.signature(prepare).parameters
-    prepare(**{k: v for k, v in cfg.data.as_dict().items() if k in options}, progress=cfg.progress)
+    prepare_from_config(cfg.data.as_dict(), progress=cfg.progress)
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 
 from lit_gpt_scratch.checkpoint import load_gpt, save_gpt
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.model.generate import generate as generate_ids
+from lit_gpt_scratch.model.generate import generate_text
 from lit_gpt_scratch.tokenizer import load_tokenizer
 
 
@@ -61,27 +61,25 @@ def generate(
             f"tokenizer {tok.spec!r} has {tok.vocab_size} ids, more than the model's "
             f"vocab_size {loaded.gpt.vocab_size}"
         )
-    ids = tok.encode_ordinary(prompt).tolist() if prompt else [tok.eot_id]
-    room = loaded.gpt.block_size - len(ids)
-    if room < 1:
-        raise UserError(
-            f"the prompt has {len(ids)} tokens; the model reads {loaded.gpt.block_size}"
+    try:
+        texts = generate_text(
+            loaded.gpt,
+            tok,
+            prompt,
+            max_new_tokens,
+            num_samples,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=use_cache,
         )
-    outputs = generate_ids(
-        loaded.gpt,
-        [ids] * num_samples,
-        min(max_new_tokens, room),
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop_id=tok.eot_id,
-        use_cache=use_cache,
-    )
-    for i, new in enumerate(outputs):
+    except ValueError as e:  # the prompt fills the context
+        raise UserError(str(e)) from None
+    for i, text in enumerate(texts):
         if i:
             print("\n---------------")
-        sys.stdout.write(tok.decode(new))
+        sys.stdout.write(text)
     print()
 
 

@@ -22,7 +22,6 @@ V, T = 97, 24
 
 
 def hf_gpt2(tied=True):
-    torch.manual_seed(0)
     config = transformers.GPT2Config(
         n_layer=2,
         n_head=4,
@@ -34,11 +33,10 @@ def hf_gpt2(tied=True):
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    return _randomize(transformers.GPT2LMHeadModel(config))
+    return randomized(transformers.GPT2LMHeadModel(config))
 
 
 def hf_llama(tied=True, bias=False):
-    torch.manual_seed(0)
     config = transformers.LlamaConfig(
         hidden_size=32,
         intermediate_size=48,
@@ -53,11 +51,13 @@ def hf_llama(tied=True, bias=False):
         mlp_bias=bias,
         rms_norm_eps=1e-5,
     )
-    return _randomize(transformers.LlamaForCausalLM(config))
+    return randomized(transformers.LlamaForCausalLM(config))
 
 
-def _randomize(model):
-    """Non-trivial weights everywhere, norms and biases included, so no mapping hides."""
+def randomized(model, seed: int = 0):
+    """Non-trivial weights everywhere, norms and biases included, so no mapping hides.
+    Works on ours and on transformers models alike."""
+    torch.manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
@@ -98,14 +98,6 @@ def test_llama_from_hf(tied, bias):
     assert spec["init_args"]["attention"]["init_args"]["n_kv_head"] == 2
     assert spec["init_args"]["position"]["init_args"]["base"] == 500.0
     assert_same_function(ours, theirs)
-
-
-def randomized(model: GPT) -> GPT:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
-    return model.eval()
 
 
 def test_gpt2_to_hf_with_vocab_padding_and_no_biases():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_gpt_scratch.data.prepare import prepare
+from lit_gpt_scratch.data.prepare import prepare_from_config
 from lit_gpt_scratch.data.tokens import (
     TokenStream,
     TrainWindows,
@@ -102,18 +102,7 @@ class TokenDataModule(L.LightningDataModule):
         the source files), so we always call it: a config naming another tokenizer or corpus
         than ``data_dir`` holds is refused instead of silently training on the wrong data.
         """
-        h = self.hparams
-        prepare(
-            self.sources,
-            tokenizer=h.tokenizer,
-            data_dir=h.data_dir,
-            val_fraction=h.val_fraction,
-            block_size=h.block_size,
-            shard_tokens=h.shard_tokens,
-            text_field=h.text_field,
-            prepare_workers=h.prepare_workers,
-            progress=True,
-        )
+        prepare_from_config({**self.hparams, "sources": self.sources})
 
     def setup(self, stage: str | None = None) -> None:
         """Open the streams and check the data against the tokenizer and the attached model."""

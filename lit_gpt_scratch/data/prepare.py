@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import multiprocessing
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_gpt_scratch.data.shards import SHARD_RE, SPLITS, ShardWriter, fsync_dir
+from lit_gpt_scratch.data.shards import META, SHARD_RE, SPLITS, ShardWriter, fsync_dir
 from lit_gpt_scratch.data.sources import HF_PREFIX, Chunk, plan_sources
 from lit_gpt_scratch.data.tokenize import (
     ChunkTokens,
@@ -50,7 +51,6 @@ from lit_gpt_scratch.tokenizer import Tokenizer, load_tokenizer
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-META = "meta.json"
 STATE = "prepare_state.json"
 CHECKPOINT_SECONDS = 5.0  # how often progress is made durable, at most
 COUNTERS = ("bytes", "invalid_utf8", "lookalikes", "empty", "train_documents", "val_documents")
@@ -124,6 +124,13 @@ def prepare(
     except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
         _remove_outputs(out, remove_dir=created)
         raise
+
+
+def prepare_from_config(data: dict, progress: bool = True) -> dict:
+    """``prepare`` with the options a ``data:`` section holds (TokenDataModule's keys: the
+    loader's own, such as ``batch_size``, are not prepare's and are left out)."""
+    options = inspect.signature(prepare).parameters
+    return prepare(**{k: v for k, v in data.items() if k in options}, progress=progress)
 
 
 class _Run:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+META = "meta.json"  # written last by prepare: its presence marks a complete directory
 SPLITS = ("train", "val")
 TMP_SUFFIX = ".tmp"
 SHARD_RE = re.compile(r"^(train|val)_(\d{6})\.bin(\.tmp)?$")

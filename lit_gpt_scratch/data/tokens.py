@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from lit_gpt_scratch.data.shards import META
 from lit_gpt_scratch.errors import UserError
 
 log = logging.getLogger(__name__)
 
-META = "meta.json"
 # Reads between re-opening the memory maps. Each random read leaves its pages mapped: 64 KiB
 # (fault-around) on most kernels, a whole 2 MiB folio where the page cache uses large folios.
 # Measured on such a kernel, 512 MiB shard, random 1025-token reads: every 64 reads bounds the

@@ -102,5 +102,22 @@ def generate(
     return [_until(row.tolist(), stop_id) for row in new_ids]
 
 
+def generate_text(
+    model: GPT, tokenizer, prompt: str, max_new_tokens: int, num_samples: int = 1, **sampling
+) -> list[str]:
+    """Continuations of ``prompt`` as text (without the prompt), at most ``max_new_tokens``
+    each and no more than the context leaves, stopping at ``<|endoftext|>``. An empty prompt
+    starts a new document. ``sampling``: generate's temperature, top_k, top_p, seed, use_cache.
+    """
+    ids = tokenizer.encode_ordinary(prompt).tolist() if prompt else [tokenizer.eot_id]
+    room = model.block_size - len(ids)
+    if room < 1:
+        raise ValueError(f"the prompt has {len(ids)} tokens; the model reads {model.block_size}")
+    outputs = generate(
+        model, [ids] * num_samples, min(max_new_tokens, room), stop_id=tokenizer.eot_id, **sampling
+    )
+    return [tokenizer.decode(new) for new in outputs]
+
+
 def _until(ids: list[int], stop_id: int | None) -> list[int]:
     return ids[: ids.index(stop_id)] if stop_id is not None and stop_id in ids else ids
