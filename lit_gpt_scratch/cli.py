@@ -67,15 +67,17 @@ def run_prepare(args: list[str]) -> int:
     return 0
 
 
-def function_command(name: str) -> Callable[[list[str]], int]:
-    """A subcommand whose options are the signature of ``commands.<name>``."""
+def function_command(
+    name: str, module: str = "lit_gpt_scratch.commands"
+) -> Callable[[list[str]], int]:
+    """A subcommand whose options are the signature of the function ``name`` in ``module``."""
 
     def run(args: list[str]) -> int:
+        import importlib
+
         from jsonargparse import ActionConfigFile, ArgumentParser
 
-        from lit_gpt_scratch import commands
-
-        function = getattr(commands, name)
+        function = getattr(importlib.import_module(module), name)
         parser = ArgumentParser(
             prog=f"lit-gpt-scratch {name}",
             exit_on_error=False,
@@ -110,6 +112,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "test": ("evaluate a checkpoint on the test (= val) split", lightning_command("test")),
     "predict": ("per-window loss of the val split", lightning_command("predict")),
     "prepare": ("tokenize a corpus into token shards (reads the data: section)", run_prepare),
+    "train_tokenizer": (
+        "fit a BPE vocabulary to a corpus (writes a .tiktoken file)",
+        function_command("train_tokenizer", "lit_gpt_scratch.tokenizer_training"),
+    ),
     "generate": ("sample text from a checkpoint", function_command("generate")),
     "import_hf": (
         "convert a local Hugging Face GPT-2/Llama directory",
@@ -121,7 +127,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 
 def usage() -> str:
     lines = ["usage: python -m lit_gpt_scratch <subcommand> [--config FILE] [--key=value ...]", ""]
-    lines += [f"  {name:<10} {summary}" for name, (summary, _) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<16} {summary}" for name, (summary, _) in SUBCOMMANDS.items()]
     lines += ["", "Run a subcommand with --help for its options."]
     return "\n".join(lines)
 

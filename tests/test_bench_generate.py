@@ -8,5 +8,5 @@ def test_bench_generate_prints_both_cache_modes(capsys):
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "command: python -m lit_gpt_scratch.bench.generate --configs configs/tiny.yaml" in out
-    assert "| tiny | 7.3M | 8 | on |" in out and "| tiny | 7.3M | 8 | off |" in out
+    assert "| tiny | 1.4M | 8 | on |" in out and "| tiny | 1.4M | 8 | off |" in out
     assert "| tiny | | | speed-up |" in out

@@ -138,11 +138,11 @@ def test_tiny_config_on_the_stdlib(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["tokenizer"] == "gpt2" and meta["dtype"] == "uint16"
-    assert meta["tokens"]["train"] > 10_000_000 and meta["documents"]["val"] > 10
+    assert meta["tokenizer"] == "stdlib-4k" and meta["dtype"] == "uint16"
+    assert meta["tokens"]["train"] > 3_000_000 and meta["documents"]["val"] > 10
     # The first document is the first stdlib file, encoded by tiktoken itself, then EOT.
     first = stdlib_files()[0].read_bytes().decode("utf-8", "replace")
-    want = load_tokenizer("gpt2").encoding.encode_ordinary(first) + [50256]
+    want = load_tokenizer("stdlib-4k").encoding.encode_ordinary(first) + [4095]
     train = read_split(out, "train")
     assert np.array_equal(train[: len(want)], want)
     rerun = cli("prepare", "--config", "configs/tiny.yaml", f"--data.data_dir={out}")

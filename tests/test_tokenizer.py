@@ -162,3 +162,11 @@ def test_bad_sidecar_json_is_named(tmp_path):
     (tmp_path / "t.json").write_text("{pat_str: oops")
     with pytest.raises(UserError, match=r"tokenizer sidecar .*t\.json: not valid JSON"):
         load_tokenizer(str(tmp_path / "t.tiktoken"))
+
+
+def test_bytes_tokenizer_is_utf8_bytes_plus_eot():
+    tok = load_tokenizer("bytes")
+    assert (tok.vocab_size, tok.eot_id, tok.dtype) == (257, 256, np.uint16)
+    text = "héllo <|endoftext|> 日本"
+    ids = tok.encode_ordinary(text)
+    assert ids.tolist() == list(text.encode("utf-8")) and tok.decode(ids) == text

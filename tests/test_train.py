@@ -161,7 +161,7 @@ def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
 
     # The checkpoint fit wrote serves generate and validate.
     loaded = load_gpt(run / "checkpoints" / "last.ckpt")
-    assert loaded.gpt.block_size == 32 and loaded.tokenizer == "gpt2"
+    assert loaded.gpt.block_size == 32 and loaded.tokenizer == "stdlib-4k"
     gen = cli(
         "generate",
         f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
@@ -196,7 +196,7 @@ def test_model_smaller_than_the_data_vocabulary_is_refused(run_dir, cli):
     result = cli("fit", *args)
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "50257" in line and "1000" in line
+    assert line.startswith("error: ") and "4096" in line and "1000" in line
 
 
 def test_imported_hf_checkpoint_starts_a_fine_tune(run_dir, cli):
@@ -210,7 +210,8 @@ def test_imported_hf_checkpoint_starts_a_fine_tune(run_dir, cli):
         == 0
     )
     corpus = write_text_corpus(run_dir / "corpus", LOREM)
-    args = small_run_args(corpus, run_dir / "data", **{"model.gpt.init_args.n_head": "2"})
+    gpt2_vocab = {"data.tokenizer": "gpt2", "model.gpt.init_args.vocab_size": "50257"}
+    args = small_run_args(corpus, run_dir / "data", **gpt2_vocab)
     result = cli("fit", *args, f"--ckpt_path={run_dir / 'gpt2.ckpt'}")
     assert result.returncode == 0, result.stderr
 
@@ -220,7 +221,7 @@ def test_fast_dev_run(run_dir, cli):
     result = cli("fit", *small_run_args(corpus, run_dir / "data"), "--trainer.fast_dev_run=true")
     assert result.returncode == 0, result.stderr
     meta = json.loads((run_dir / "data" / "meta.json").read_text())
-    assert meta["tokenizer"] == "gpt2"
+    assert meta["tokenizer"] == "stdlib-4k"
 
 
 def test_a_hundred_real_steps_lower_the_val_loss(run_dir, cli):
@@ -241,5 +242,5 @@ def test_a_hundred_real_steps_lower_the_val_loss(run_dir, cli):
     )
     events.Reload()
     val = [e.value for e in events.Scalars("val/loss")]
-    assert len(val) == 2 and val[1] < val[0] - 0.5  # and far below ln(50257) = 10.8 at init
-    assert val[0] < 10.0
+    assert len(val) == 2 and val[1] < val[0] - 0.5  # and far below ln(4096) = 8.3 at init
+    assert val[0] < 8.0

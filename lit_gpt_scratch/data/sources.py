@@ -51,6 +51,12 @@ def decode_utf8(raw: bytes) -> Document:
         return Document(raw.decode("utf-8", errors="replace"), invalid_utf8=True)
 
 
+def replace_surrogates(text: str) -> str:
+    """Lone surrogates (e.g. from a JSON "\\ud800" escape) cannot be UTF-8: they become U+FFFD,
+    as invalid bytes do."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 # --- chunks: units of work, each small to pickle and read inside a worker -------------------------
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lit_gpt_scratch.data.sources import Chunk
+from lit_gpt_scratch.data.sources import Chunk, replace_surrogates
 from lit_gpt_scratch.tokenizer import Tokenizer
 
 
@@ -33,7 +33,7 @@ def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
         try:
             ids = tokenizer.encode_ordinary(text)
         except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800" escape
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            text = replace_surrogates(text)
             ids = tokenizer.encode_ordinary(text)
             doc = type(doc)(text, invalid_utf8=True)
         invalid += doc.invalid_utf8
