@@ -40,7 +40,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are paged in when used, so reading a big checkpoint's metadata is cheap
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"checkpoint {path} is unreadable or truncated ({reason})") from None

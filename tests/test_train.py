@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import LOREM, write_text_corpus
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gpt_scratch.checkpoint import load_gpt
 from lit_gpt_scratch.cli import main
@@ -177,17 +178,49 @@ def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
     )
     assert val.returncode == 0, val.stderr
 
-    # --ckpt_path last continues the step count in a new run folder
-    more = cli(
-        "fit",
-        *small_run_args(corpus, run_dir / "data", **{"trainer.max_steps": "9"}),
-        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-    )
+    # --ckpt_path last finds that run (validate's run folder above has no checkpoint) and
+    # continues it: same folder, the step count going on, the first config.yaml kept.
+    first_config = (run / "config.yaml").read_text()
+    more = cli("fit", *small_run_args(corpus, run_dir / "data", **{"trainer.max_steps": "9"}),
+               "--ckpt_path=last")  # fmt: skip
     assert more.returncode == 0, more.stderr
-    newest = max((run_dir / "checkpoints/tiny").iterdir(), key=lambda p: int(p.name[8:]))
-    resumed = EventAccumulator(str(newest), size_guidance={"scalars": 0})
+    assert (run / "config.yaml").read_text() == first_config
+    assert "max_steps: 9" in (run / "config-resumed-at-step-6.yaml").read_text()
+    resumed = EventAccumulator(str(run), size_guidance={"scalars": 0})
     resumed.Reload()
-    assert min(e.step for e in resumed.Scalars("train/loss")) >= 6
+    assert [e.step for e in resumed.Scalars("train/loss")] == list(range(9))
+    assert [e.step for e in resumed.Scalars("val/loss")] == [2, 5, 8]
+    assert load_gpt(run / "checkpoints" / "last.ckpt").gpt is not None
+    assert not any((p / "checkpoints").exists() for p in run.parent.iterdir() if p != run)
+
+
+def test_resume_drops_the_logs_written_after_the_checkpoint(run_dir, cli):
+    """A run that went on past its last checkpoint (then died) resumes from that checkpoint:
+    TensorBoard shows each step once, the resumed values replacing the lost ones."""
+    corpus = write_text_corpus(run_dir / "corpus", LOREM)
+    args = small_run_args(corpus, run_dir / "data", **{"trainer.max_steps": "8"})
+    assert cli("fit", *args).returncode == 0
+    run = run_dir / "checkpoints/tiny/version_0"
+    ckpts = run / "checkpoints"
+    step3 = next(ckpts.glob("step=3-*.ckpt"))
+    (ckpts / "last.ckpt").unlink()
+    step3.rename(ckpts / "last.ckpt")  # as if killed after step 8's logs, 3 being the last save
+    result = cli("fit", *args, "--ckpt_path=last")
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(8))
+    assert [e.step for e in events.Scalars("val/loss")] == [2, 5]
+
+
+def test_ckpt_path_last_with_no_run_starts_a_new_one(run_dir, cli, caplog):
+    corpus = write_text_corpus(run_dir / "corpus", LOREM)
+    result = cli("fit", *small_run_args(corpus, run_dir / "data"), "--ckpt_path=last")
+    assert result.returncode == 0, result.stderr
+    assert "--ckpt_path last: no checkpoint under checkpoints/tiny: a new run starts" in (
+        caplog.text
+    )
+    assert (run_dir / "checkpoints/tiny/version_0/checkpoints/last.ckpt").is_file()
 
 
 def test_model_smaller_than_the_data_vocabulary_is_refused(run_dir, cli):
@@ -244,3 +277,23 @@ def test_a_hundred_real_steps_lower_the_val_loss(run_dir, cli):
     val = [e.value for e in events.Scalars("val/loss")]
     assert len(val) == 2 and val[1] < val[0] - 0.5  # and far below ln(4096) = 8.3 at init
     assert val[0] < 8.0
+
+
+def test_prepare_data_runs_once_under_two_ddp_processes(tmp_path):
+    """Two real processes (DDP on gloo): rank 0 tokenizes, rank 1 never calls prepare."""
+    import sys
+
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    args = small_run_args(corpus, tmp_path / "data", **{"trainer.max_steps": "2"})
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_gpt_scratch", "fit", *args, *ddp],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in result.stderr  # the second process did run
+    # A second prepare, whenever it ran, would print "prepared" again or "nothing to do".
+    assert result.stderr.count("prepared ") == 1 and "nothing to do" not in result.stderr

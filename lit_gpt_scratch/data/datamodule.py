@@ -9,7 +9,8 @@ make and read the same directory.
 
 Distributed: the samplers split the data across ranks themselves (Lightning cannot inject a
 DistributedSampler into a batch sampler), so DDP/FSDP runs need
-``trainer.use_distributed_sampler: false``; ``train_dataloader`` refuses to run without it.
+``trainer.use_distributed_sampler: false`` (the CLI's default); ``train_dataloader`` refuses
+to run without it.
 
 Exact resume: the train sampler's position goes into checkpoints through ``state_dict``. It
 counts batches *consumed*, so the LightningModule must call ``mark_batch_consumed()`` once per

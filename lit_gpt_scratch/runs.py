@@ -1,0 +1,61 @@
+"""Run folders: ``<save_dir>/<name>/version_N/`` holds one run's TensorBoard events,
+``config.yaml`` and ``checkpoints/``. Resuming finds the newest run's ``last.ckpt`` and goes on
+writing into that same folder, so its curves continue instead of splitting."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+VERSION_RE = re.compile(r"version_(\d+)")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path  # <save_dir>/<name>
+    version: str  # version_N
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.version
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.ckpt"
+
+
+def runs_root(logger_config) -> Path | None:
+    """``<save_dir>/<name>`` of a logger config section (class_path + init_args) that has
+    both, as TensorBoard's and CSV's do; None for no logger or one without run folders."""
+    init_args = getattr(logger_config, "init_args", None)
+    save_dir = getattr(init_args, "save_dir", None)
+    if save_dir is None:
+        return None
+    name = getattr(init_args, "name", None)
+    return Path(save_dir) / name if name else Path(save_dir)
+
+
+def runs(root: Path) -> list[RunFolder]:
+    """The run folders under ``root``, oldest (lowest N) first."""
+    if not root.is_dir():
+        return []
+    found = [p.name for p in root.iterdir() if p.is_dir() and VERSION_RE.fullmatch(p.name)]
+    return [RunFolder(root, v) for v in sorted(found, key=lambda v: int(v[len("version_") :]))]
+
+
+def newest_resumable(root: Path) -> RunFolder | None:
+    """The newest run folder that holds a ``last.ckpt``."""
+    for run in reversed(runs(root)):
+        if run.last_checkpoint.is_file():
+            return run
+    return None
+
+
+def run_of_checkpoint(ckpt_path: str | Path, root: Path) -> RunFolder | None:
+    """The run folder a checkpoint file lies in (``root/version_N/checkpoints/x.ckpt``)."""
+    ckpt = Path(ckpt_path).resolve()
+    folder = ckpt.parent.parent
+    if ckpt.parent.name != "checkpoints" or folder.parent != root.resolve():
+        return None
+    return RunFolder(root, folder.name) if VERSION_RE.fullmatch(folder.name) else None
