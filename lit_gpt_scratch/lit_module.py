@@ -8,10 +8,12 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.optim import AdamW
+from lit_gpt_scratch.rng import all_ranks_rng_states, restore_rank_rng_states
 from lit_gpt_scratch.schedules import WarmupCosineLR
 
 
@@ -44,6 +46,7 @@ class LitGPT(L.LightningModule):
         self.compile_model = compile
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self._rng_states_to_restore: list[dict] | None = None
 
     def configure_model(self) -> None:
         use = self.compile_model
@@ -96,6 +99,22 @@ class LitGPT(L.LightningModule):
             logits.float().transpose(1, 2), y, reduction="none"
         )  # (B, T)
         return losses.mean(dim=1)
+
+    # --- exact resume: random number generators ---------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = all_ranks_rng_states()  # every rank calls this hook
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Restored at the first resumed batch, not now: between loading and that batch
+        # Lightning draws from the generators (a DataLoader iterator takes its base seed).
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._rng_states_to_restore is not None:
+            if not restore_rank_rng_states(self._rng_states_to_restore):
+                rank_zero_warn("the checkpoint's random states are from another world size")
+            self._rng_states_to_restore = None
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.gpt.parameters() if p.grad is not None]

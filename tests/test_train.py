@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LOREM, write_text_corpus
+from conftest import LOREM, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gpt_scratch.checkpoint import load_gpt
@@ -36,34 +36,6 @@ def run_dir(tmp_path, monkeypatch):
     """Runs land in tmp_path/checkpoints (the configs' relative save_dir)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def small_run_args(corpus: Path, data_dir: Path, **overrides) -> list[str]:
-    """configs/tiny.yaml shrunk to seconds: a 1-layer width-32 model on a small corpus."""
-    args = {
-        "data.sources": f"[{corpus}]",
-        "data.data_dir": str(data_dir),
-        "data.block_size": "32",
-        "data.batch_size": "4",
-        "data.val_fraction": "0.2",
-        "data.val_windows": "8",
-        "data.prepare_workers": "0",
-        "model.gpt.init_args.n_layer": "1",
-        "model.gpt.init_args.d_model": "32",
-        "model.gpt.init_args.n_head": "2",
-        "trainer.max_steps": "6",
-        "trainer.val_check_interval": "3",
-        "trainer.limit_val_batches": "2",
-        "trainer.enable_progress_bar": "false",
-        "trainer.enable_model_summary": "false",
-        "samples.every_n_steps": "3",
-        "samples.max_new_tokens": "8",
-        "checkpoint.every_n_train_steps": "3",
-        "throughput.every_n_steps": "2",
-        "trainer.log_every_n_steps": "1",
-    }
-    args.update(overrides)
-    return ["--config", str(ROOT / "configs/tiny.yaml"), *(f"--{k}={v}" for k, v in args.items())]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)

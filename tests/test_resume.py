@@ -1,0 +1,98 @@
+"""Exact resume: a run SIGKILLed mid-way and resumed with --ckpt_path last trains on the same
+windows in the same order as one never stopped: per-step losses and final weights bitwise equal."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import LOREM, small_run_args, write_text_corpus
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_gpt_scratch.rng import rng_states, set_rng_states
+
+TESTS = Path(__file__).resolve().parent
+
+
+def fit(cwd: Path, args: list[str], *extra: str) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "lit_gpt_scratch", "fit", *args, *extra],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), LOREM * 3)
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "kill_step", "when"),
+    [(0, 7, "end"), (2, 8, "start")],  # between two saves; just after the save at step 8
+)
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(
+    tmp_path, corpus, num_workers, kill_step, when
+):
+    overrides = {
+        "trainer.max_steps": "12",
+        "trainer.deterministic": "true",
+        "checkpoint.every_n_train_steps": "4",
+        "trainer.val_check_interval": "4",
+        "data.num_workers": str(num_workers),
+        "data.persistent_workers": "false",
+    }
+    args = small_run_args(corpus, tmp_path / "data", **overrides)
+    whole = fit(tmp_path / "whole", args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    kill = tmp_path / "kill.yaml"
+    kill.write_text(
+        "trainer:\n  callbacks:\n    - class_path: kill_switch.KillAtStep\n"
+        f"      init_args: {{step: {kill_step}, when: {when}}}\n"
+    )
+    killed = fit(tmp_path / "killed", args, f"--config={kill}")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = fit(tmp_path / "killed", args, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    run_whole = tmp_path / "whole/checkpoints/tiny/version_0"
+    run_resumed = tmp_path / "killed/checkpoints/tiny/version_0"
+    assert losses(run_whole) == losses(run_resumed)  # steps 0..11, bitwise
+    assert [s for s, _ in losses(run_resumed)] == list(range(12))
+    a, b = final_weights(run_whole), final_weights(run_resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "killed/checkpoints/tiny/version_1").exists()
+
+
+def test_rng_states_round_trip():
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    saved = rng_states()
+    want = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_states(saved)
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert want[:2] == got[:2] and torch.equal(want[2], got[2])
