@@ -27,6 +27,7 @@ TRAINING_SECTIONS = (
     "lr_monitor",
     "throughput",
     "samples",
+    "preemption",
 )
 
 

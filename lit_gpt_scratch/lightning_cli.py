@@ -22,6 +22,7 @@ from lit_gpt_scratch.checkpoint import is_weights_only, load_weights, read_check
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
+from lit_gpt_scratch.preemption import StopOnSignal
 from lit_gpt_scratch.runs import newest_resumable, run_of_checkpoint, runs_root
 
 RUNS_DIR = "checkpoints"
@@ -45,6 +46,7 @@ class LitGPTCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(TextSamples, "samples")
+        parser.add_lightning_class_args(StopOnSignal, "preemption")
         parser.link_arguments("data.block_size", "model.gpt.init_args.block_size")
 
     def before_instantiate_classes(self) -> None:
@@ -106,14 +108,17 @@ def run(args: list[str]) -> int:
     # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     try:
-        _run_cli()
+        cli = _run_cli()
     finally:
         sys.argv = saved
-    return 0
+    # Stopped by a signal, after saving: 128 + its number, as a shell reports a signal.
+    stoppers = [c for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)]
+    stopped_by = next((c.stopped_by for c in stoppers if c.stopped_by), None)
+    return 128 + stopped_by if stopped_by else 0
 
 
-def _run_cli() -> None:
-    LitGPTCLI(
+def _run_cli() -> LitGPTCLI:
+    return LitGPTCLI(
         LitGPT,
         TokenDataModule,
         auto_configure_optimizers=False,  # LitGPT builds its own param groups

@@ -1,5 +1,6 @@
-"""A callback for tests: SIGKILL the training process at a chosen optimizer step, as a
-preemption or an out-of-memory kill would. Importable by class_path with tests/ on PYTHONPATH."""
+"""A callback for tests: send the training process a signal at a chosen optimizer step, as a
+preemption (SIGTERM, SIGUSR1), Ctrl-C (SIGINT) or an out-of-memory kill (SIGKILL) would.
+Importable by class_path with tests/ on PYTHONPATH."""
 
 from __future__ import annotations
 
@@ -9,17 +10,26 @@ import signal
 import lightning as L
 
 
-class KillAtStep(L.Callback):
-    """Kill at ``step``: ``when="end"`` in that batch's end hooks, before ModelCheckpoint
-    (Lightning runs it last) could save it; ``"start"`` at the next batch's start, after."""
+class SignalAtStep(L.Callback):
+    """Send ``signal`` at ``step``: ``when="end"`` in that batch's end hooks, before
+    ModelCheckpoint (Lightning runs it last) could save it; ``"start"`` at the next batch's
+    start, after."""
 
-    def __init__(self, step: int, when: str = "end"):
+    def __init__(self, step: int, signal: str = "SIGKILL", when: str = "end"):
         self.step, self.when = step, when
+        self.signum = int(getattr(signal_module, signal))
+        self.sent = False
+
+    def _maybe_send(self, trainer, when: str) -> None:
+        if self.when == when and trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if self.when == "end" and trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        self._maybe_send(trainer, "end")
 
     def on_train_batch_start(self, trainer, *args) -> None:
-        if self.when == "start" and trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        self._maybe_send(trainer, "start")
+
+
+signal_module = signal

@@ -33,6 +33,16 @@ def fit(cwd: Path, args: list[str], *extra: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def signal_at(tmp_path: Path, step: int, name: str, when: str = "end") -> str:
+    """A --config option adding tests/kill_switch.SignalAtStep to the run's callbacks."""
+    config = tmp_path / f"{name}-{step}.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: kill_switch.SignalAtStep\n"
+        f"      init_args: {{step: {step}, signal: {name}, when: {when}}}\n"
+    )
+    return f"--config={config}"
+
+
 def losses(run: Path) -> list[tuple[int, float]]:
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
@@ -69,12 +79,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
     whole = fit(tmp_path / "whole", args)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    kill = tmp_path / "kill.yaml"
-    kill.write_text(
-        "trainer:\n  callbacks:\n    - class_path: kill_switch.KillAtStep\n"
-        f"      init_args: {{step: {kill_step}, when: {when}}}\n"
-    )
-    killed = fit(tmp_path / "killed", args, f"--config={kill}")
+    killed = fit(tmp_path / "killed", args, signal_at(tmp_path, kill_step, "SIGKILL", when))
     assert killed.returncode == -signal.SIGKILL
     resumed = fit(tmp_path / "killed", args, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -86,6 +91,33 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
     a, b = final_weights(run_whole), final_weights(run_resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "killed/checkpoints/tiny/version_1").exists()
+
+
+@pytest.fixture(scope="module")
+def ten_steps(corpus, tmp_path_factory):
+    """Arguments of a 10-step run, and the per-step losses of that run never stopped."""
+    root = tmp_path_factory.mktemp("ten")
+    overrides = {"trainer.max_steps": "10", "checkpoint.every_n_train_steps": "4"}
+    args = small_run_args(corpus, root / "data", **overrides)
+    whole = fit(root / "whole", args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return args, losses(root / "whole/checkpoints/tiny/version_0")
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1", "SIGINT"])
+def test_signal_saves_the_current_step_and_exits_with_its_code(tmp_path, ten_steps, name):
+    args, uninterrupted = ten_steps
+    stopped = fit(tmp_path / "run", args, signal_at(tmp_path, 6, name))
+    signum = int(getattr(signal, name))
+    assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+    assert f"{name} received: saving a checkpoint at the end of this step" in stopped.stderr
+    run = tmp_path / "run/checkpoints/tiny/version_0"
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6  # the step the signal arrived in, not the save before
+
+    resumed = fit(tmp_path / "run", args, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(run) == uninterrupted
 
 
 def test_rng_states_round_trip():

@@ -1,0 +1,124 @@
+"""Stop cleanly on a signal: save ``last.ckpt`` at the current step, then exit with 128 + the
+signal's number, so ``--ckpt_path last`` continues exactly there.
+
+SIGTERM (``kill``, Kubernetes, SLURM at the time limit), SIGUSR1 (SLURM's ``--signal``
+warning before preemption) and SIGINT (Ctrl-C) are caught while ``fit`` runs. The handler only
+records the signal; the save happens at the end of the optimizer step in progress, once every
+rank has heard of it. A second Ctrl-C stops at once, without saving.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+class StopOnSignal(L.Callback):
+    """Save a checkpoint and stop training when one of ``signals`` arrives.
+
+    Args:
+        signals: Signal names to catch (empty: none).
+        sync_every_n_steps: With several processes, how often the ranks agree on whether a
+            signal arrived (one small all-reduce); a single process checks every step for free.
+    """
+
+    def __init__(
+        self,
+        signals: list[str] | None = None,
+        sync_every_n_steps: int = 10,
+    ):
+        names = ["SIGTERM", "SIGUSR1", "SIGINT"] if signals is None else signals
+        self.signals = [_signal_named(n) for n in names]
+        if sync_every_n_steps < 1:
+            raise ValueError(f"sync_every_n_steps must be at least 1, got {sync_every_n_steps}")
+        self.sync_every_n_steps = sync_every_n_steps
+        self.received: int | None = None  # the signal that arrived first
+        self.stopped_by: int | None = None  # the signal training stopped for, once saved
+        self._previous: dict[int, object] = {}
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Installed here, after the Trainer has registered its own SIGTERM handler (which
+        # would raise and end fit without a save at this step): ours replace it for the run.
+        for signum in self.signals:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook): leave signals alone
+                log.warning("signals are not caught: fit does not run in the main thread")
+                return
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if self.received is None:
+            self.received = signum
+            log.warning(
+                "%s received: saving a checkpoint at the end of this step, then stopping",
+                signal.Signals(signum).name,
+            )
+
+    # --- save and stop ----------------------------------------------------------------------
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stopped_by is not None:
+            return
+        signum = self._agreed_signal(trainer)
+        if signum is None:
+            return
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.stopped_by = signum
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            log.warning(
+                "saved %s at step %d; stopping (exit code %d). Resume with --ckpt_path last",
+                path,
+                trainer.global_step,
+                128 + signum,
+            )
+
+    def _agreed_signal(self, trainer) -> int | None:
+        if trainer.world_size == 1:
+            return self.received
+        if trainer.global_step % self.sync_every_n_steps:
+            return None
+        import torch
+
+        # The largest signal number any rank received (0: none), the same on every rank.
+        mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
+        agreed = int(trainer.strategy.reduce(mine, reduce_op="max"))
+        return agreed or None
+
+
+def last_checkpoint_path(trainer) -> str:
+    """Where ModelCheckpoint keeps ``last.ckpt`` (``--ckpt_path last`` looks there)."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+        name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+        return str(Path(callback.dirpath) / name)
+    return str(Path(trainer.default_root_dir) / "last.ckpt")
+
+
+def _signal_named(name: str) -> int:
+    try:
+        return int(signal.Signals[name.upper()])
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
