@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return SUBCOMMANDS[name][1](rest)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130

@@ -5,12 +5,15 @@ It knows nothing of files: batches arrive as (B, block_size + 1) windows of toke
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
+from lit_gpt_scratch.errors import Diverged, UserError
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.optim import AdamW
 from lit_gpt_scratch.rng import all_ranks_rng_states, restore_rank_rng_states
@@ -28,6 +31,12 @@ class LitGPT(L.LightningModule):
         lr_scheduler: Called with the optimizer; stepped after every optimizer step. A
             scheduler with ``set_total_steps`` gets the run's total optimizer steps.
         compile: ``torch.compile`` the GPT in place (state-dict keys unchanged). None: on CUDA.
+        nonfinite: What a non-finite gradient norm (a NaN or inf loss gives one too) does:
+            ``skip`` leaves the weights and optimizer state untouched for that step (the batch
+            counts as used); ``stop`` ends the run with exit code 3, the weights as they were
+            before the step. Every rank takes the same decision.
+        max_consecutive_skips: Stop, as ``stop`` would, after this many non-finite steps in a
+            row: the run has diverged, not hit one bad batch.
     """
 
     def __init__(
@@ -36,6 +45,8 @@ class LitGPT(L.LightningModule):
         optimizer: OptimizerCallable = AdamW,
         lr_scheduler: LRSchedulerCallable = WarmupCosineLR,
         compile: bool | None = None,
+        nonfinite: Literal["skip", "stop"] = "skip",
+        max_consecutive_skips: int = 20,
     ):
         super().__init__()
         # Plain save_hyperparameters(): under LightningCLI it records the YAML specs, so
@@ -47,6 +58,9 @@ class LitGPT(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self._rng_states_to_restore: list[dict] | None = None
+        self.nonfinite, self.max_consecutive_skips = nonfinite, max_consecutive_skips
+        self.consecutive_skips = 0
+        self.skipped_steps = 0
 
     def configure_model(self) -> None:
         use = self.compile_model
@@ -103,6 +117,13 @@ class LitGPT(L.LightningModule):
     # --- exact resume: random number generators ---------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Diverged weights never replace a good checkpoint.
+        bad = next((n for n, p in self.gpt.named_parameters() if not p.isfinite().all()), None)
+        if bad is not None:
+            raise UserError(
+                f"not saving the checkpoint of step {self.trainer.global_step}: parameter "
+                f"{bad} is not finite (the last checkpoint saved before is kept)"
+            )
         checkpoint["rng_states"] = all_ranks_rng_states()  # every rank calls this hook
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -116,11 +137,50 @@ class LitGPT(L.LightningModule):
                 rank_zero_warn("the checkpoint's random states are from another world size")
             self._rng_states_to_restore = None
 
+    # --- gradient norm and the divergence guard -------------------------------------------------
+
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.gpt.parameters() if p.grad is not None]
-        if grads:  # before clipping: the norm the update would have had
-            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        if not grads:
+            return
+        # Before clipping: the norm the update would have had.
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        if self.trainer.precision == "16-mixed":  # the GradScaler skips overflowed steps itself
             self.log("train/grad_norm", norm, on_step=True)
+            return
+        # One host sync per optimizer step. Under DDP the gradients are already averaged, so
+        # every rank sees the same norm; sharded (FSDP) gradients need the reduction.
+        finite = torch.isfinite(norm).float()
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if finite.item():
+            self.consecutive_skips = 0
+            self.log("train/grad_norm", norm, on_step=True)
+            return
+        self._on_nonfinite(optimizer)
+
+    def _on_nonfinite(self, optimizer) -> None:
+        step = self.trainer.global_step
+        self.consecutive_skips += 1
+        if self.nonfinite == "stop" or self.consecutive_skips > self.max_consecutive_skips:
+            why = (
+                "model.nonfinite is stop"
+                if self.nonfinite == "stop"
+                else f"{self.consecutive_skips} steps in a row"
+            )
+            raise Diverged(
+                f"non-finite gradient norm at step {step} ({why}): the run stopped before "
+                "this update; checkpoints hold the weights from before it. Resume with "
+                "--ckpt_path last and a lower model.optimizer.init_args.lr"
+            )
+        # AdamW leaves a parameter whose gradient is None untouched: no update, no moment
+        # decay, no weight decay. The scheduler and the step count still advance.
+        for param_group in optimizer.param_groups:
+            for p in param_group["params"]:
+                p.grad = None
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+        rank_zero_warn(f"non-finite gradient norm at step {step}: update skipped")
 
     def configure_optimizers(self):
         decay, no_decay = [], []

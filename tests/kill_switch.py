@@ -8,6 +8,7 @@ import os
 import signal
 
 import lightning as L
+import torch
 
 
 class SignalAtStep(L.Callback):
@@ -33,3 +34,29 @@ class SignalAtStep(L.Callback):
 
 
 signal_module = signal
+
+
+class NanGradAtStep(L.Callback):
+    """Make one gradient NaN after the backward pass of optimizer step ``step`` (or of every
+    step from it on, with ``every=True``), as an overflow or a bad batch would."""
+
+    def __init__(self, step: int, every: bool = False):
+        self.step, self.every = step, every
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        step = trainer.global_step
+        if step == self.step or (self.every and step > self.step):
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.fill_(float("nan"))
+
+
+class NanWeightAtStep(L.Callback):
+    """Write a NaN into a weight at the end of optimizer step ``step`` (an update gone wrong
+    that the gradient check could not see)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(iter(pl_module.parameters())).view(-1)[0] = float("nan")

@@ -1,0 +1,111 @@
+"""The divergence guard: a non-finite gradient skips its update, or stops the run, and never
+reaches the weights or a checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+from conftest import LOREM, small_run_args, write_text_corpus
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_gpt_scratch.cli import main
+
+
+@pytest.fixture
+def cli(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def nan_config(tmp_path, step: int, every: bool = False) -> str:
+    config = tmp_path / "nan.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: kill_switch.NanGradAtStep\n"
+        f"      init_args: {{step: {step}, every: {str(every).lower()}}}\n"
+    )
+    return f"--config={config}"
+
+
+def run_args(tmp_path, **overrides) -> list[str]:
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    base = {"trainer.max_steps": "8", "checkpoint.every_n_train_steps": "2"}
+    return small_run_args(corpus, tmp_path / "data", **{**base, **overrides})
+
+
+def last_checkpoint(tmp_path) -> dict:
+    path = tmp_path / "checkpoints/tiny/version_0/checkpoints/last.ckpt"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_skip_leaves_weights_and_optimizer_as_they_were(tmp_path, cli):
+    args = run_args(tmp_path, **{"trainer.max_steps": "3", "checkpoint.every_n_train_steps": "0"})
+    # Steps 0, 1 train; step 2's gradient is NaN: its update must change nothing at all.
+    skipped = cli("fit", *args, nan_config(tmp_path, 2))
+    assert skipped.returncode == 0, skipped.stderr
+    after_skip = last_checkpoint(tmp_path)
+    two_steps = cli("fit", *args, "--trainer.max_steps=2")
+    assert two_steps.returncode == 0, two_steps.stderr
+    before = torch.load(
+        tmp_path / "checkpoints/tiny/version_1/checkpoints/last.ckpt", weights_only=True
+    )
+    for key, value in before["state_dict"].items():
+        assert torch.equal(after_skip["state_dict"][key], value), key
+    moments = [s["exp_avg"] for s in after_skip["optimizer_states"][0]["state"].values()]
+    want = [s["exp_avg"] for s in before["optimizer_states"][0]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(moments, want, strict=True))
+
+    events = EventAccumulator(str(tmp_path / "checkpoints/tiny/version_0"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/skipped_steps")] == [(2, 1.0)]
+
+
+def test_training_goes_on_after_a_skipped_step(tmp_path, cli):
+    result = cli("fit", *run_args(tmp_path), nan_config(tmp_path, 3))
+    assert result.returncode == 0, result.stderr
+    ckpt = last_checkpoint(tmp_path)
+    assert ckpt["global_step"] == 8
+    assert all(v.isfinite().all() for v in ckpt["state_dict"].values())
+
+
+def test_stop_policy_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, cli):
+    args = run_args(tmp_path, **{"model.nonfinite": "stop"})
+    result = cli("fit", *args, nan_config(tmp_path, 5))
+    assert result.returncode == 3
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: non-finite gradient norm at step 5 (model.nonfinite is stop)")
+    ckpt = last_checkpoint(tmp_path)
+    assert ckpt["global_step"] == 4
+    assert all(v.isfinite().all() for v in ckpt["state_dict"].values())
+
+
+def test_a_diverged_run_stops_after_max_consecutive_skips(tmp_path, cli):
+    args = run_args(tmp_path, **{"model.max_consecutive_skips": "2"})
+    result = cli("fit", *args, nan_config(tmp_path, 3, every=True))
+    assert result.returncode == 3
+    assert "non-finite gradient norm at step 5 (3 steps in a row)" in result.stderr
+    assert last_checkpoint(tmp_path)["global_step"] == 4  # steps 3 and 4 skipped, then saved
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, cli):
+    # Validate (and so save) every 2 steps; no sampling from NaN weights.
+    args = run_args(tmp_path, **{"samples.every_n_steps": "0", "trainer.val_check_interval": "2"})
+    poison = tmp_path / "poison.yaml"
+    poison.write_text(
+        "trainer:\n  callbacks:\n    - class_path: kill_switch.NanWeightAtStep\n"
+        "      init_args: {step: 3}\n"
+    )
+    result = cli("fit", *args, f"--config={poison}")
+    assert result.returncode == 1
+    assert "not saving the checkpoint of step 4: parameter wte.weight" in result.stderr
+    assert "is not finite" in result.stderr
+    ckpt = last_checkpoint(tmp_path)
+    assert ckpt["global_step"] == 2
+    assert all(v.isfinite().all() for v in ckpt["state_dict"].values())
