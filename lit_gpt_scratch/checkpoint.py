@@ -56,18 +56,40 @@ def is_weights_only(ckpt: dict) -> bool:
     return "loops" not in ckpt and "optimizer_states" not in ckpt
 
 
-def load_weights(gpt: GPT, ckpt: dict, path: str | Path) -> None:
-    """Copy a checkpoint's GPT weights into ``gpt``; UserError naming the file if they differ."""
-    weights = {
+def gpt_weights(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The GPT's tensors in a checkpoint, keyed as ``GPT.state_dict()`` keys them."""
+    return {
         key[len(PREFIX) :].replace("_orig_mod.", ""): value
         for key, value in ckpt["state_dict"].items()
         if key.startswith(PREFIX)
     }
-    try:
-        gpt.load_state_dict(weights)
-    except RuntimeError as e:
-        reason = " ".join(str(e).split())[:300]
-        raise UserError(f"checkpoint {path}: weights do not fit the model ({reason})") from None
+
+
+def first_mismatch(model: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str | None:
+    """What first differs between a model's state dict and a checkpoint's (names, shapes)."""
+    for name, tensor in model.items():
+        if name not in saved:
+            return f"the model's {name} is not in the checkpoint"
+        if saved[name].shape != tensor.shape:
+            return (
+                f"{name} has shape {tuple(saved[name].shape)} in the checkpoint, "
+                f"{tuple(tensor.shape)} in the model"
+            )
+    extra = next((name for name in saved if name not in model), None)
+    return f"the checkpoint's {extra} is not in the model" if extra else None
+
+
+def check_weights_fit(gpt: GPT, ckpt: dict, path: str | Path) -> None:
+    """UserError naming the first mismatching parameter when the checkpoint is another model."""
+    mismatch = first_mismatch(gpt.state_dict(), gpt_weights(ckpt))
+    if mismatch:
+        raise UserError(f"checkpoint {path} holds another architecture: {mismatch}")
+
+
+def load_weights(gpt: GPT, ckpt: dict, path: str | Path) -> None:
+    """Copy a checkpoint's GPT weights into ``gpt``; UserError naming the file if they differ."""
+    check_weights_fit(gpt, ckpt, path)
+    gpt.load_state_dict(gpt_weights(ckpt))
 
 
 def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:

@@ -9,29 +9,40 @@ is linked to ``model.gpt.init_args.block_size``: write it once, under ``data``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
-from lit_gpt_scratch.checkpoint import is_weights_only, load_weights, read_checkpoint
+from lit_gpt_scratch.checkpoint import (
+    check_weights_fit,
+    is_weights_only,
+    load_weights,
+    read_checkpoint,
+)
 from lit_gpt_scratch.data.datamodule import TokenDataModule
+from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
+from lit_gpt_scratch.model.build import first_difference
 from lit_gpt_scratch.preemption import StopOnSignal
-from lit_gpt_scratch.runs import newest_resumable, run_of_checkpoint, runs_root
+from lit_gpt_scratch.run_checkpoint import RunCheckpoint
+from lit_gpt_scratch.runs import last_candidates, newest_resumable, run_of_checkpoint, runs_root
 
 RUNS_DIR = "checkpoints"
+# ckpt_path values Lightning resolves itself (with checkpoint.dirpath set, "last" too)
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 log = logging.getLogger(__name__)
 
 
 class LitGPTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -49,30 +60,38 @@ class LitGPTCLI(LightningCLI):
         parser.add_lightning_class_args(StopOnSignal, "preemption")
         parser.link_arguments("data.block_size", "model.gpt.init_args.block_size")
 
-    def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path last`` to the newest run's ``last.ckpt``, and let a resumed
-        ``fit`` write into the run folder its checkpoint came from."""
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything reads it.
+
+        Replaces LightningCLI's own step, which loads the whole file (a damaged one gives a
+        traceback) and silently swaps the configured model for the checkpoint's. Here the
+        config stays the source of truth: ``last`` becomes the newest readable last checkpoint
+        of this config's runs, a missing or damaged file is a one-line error naming it, and a
+        training checkpoint of another model is refused naming the first setting that differs.
+        A resumed ``fit`` writes into the run folder its checkpoint came from.
+        """
         self.resume_step: int | None = None
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        root = runs_root(config.trainer.logger)
-        if config.get("ckpt_path") == "last" and root and config.checkpoint.dirpath is None:
-            # Lightning looks for "last" in this run's own folder, a new version_N: never there.
-            run = newest_resumable(root)
-            if run is None:
-                rank_zero_only(log.warning)(
-                    f"--ckpt_path last: no checkpoint under {root}: a new run starts"
-                )
-                config.ckpt_path = None
-                return
-            config.ckpt_path = str(run.last_checkpoint)
-            rank_zero_info(f"resuming from {run.last_checkpoint}")
-        path = config.get("ckpt_path")
-        if self.subcommand != "fit" or root is None or not path or not Path(path).is_file():
+        if not self.config.get("subcommand"):
             return
-        run = run_of_checkpoint(path, root)
-        ckpt = read_checkpoint(path)  # memory-mapped: only the loop state is read here
-        if run is None or is_weights_only(ckpt):
-            return  # a checkpoint from elsewhere starts a new run folder
+        config = self.config[self.config.subcommand]
+        path = config.get("ckpt_path")
+        if not path:
+            return
+        root = runs_root(config.trainer.logger)
+        if path == "last" and root and config.checkpoint.dirpath is None:
+            # Lightning looks for "last" in this run's own folder, a new version_N: never there.
+            path = config.ckpt_path = self._newest_readable_last(root)
+        if path is None or path in LIGHTNING_CKPT_NAMES:
+            return
+        ckpt = read_checkpoint(path)  # memory-mapped: cheap, and it names a damaged file
+        if is_weights_only(ckpt):
+            return  # a fine-tune: before_fit checks the tensors fit the configured model
+        difference = first_difference(ckpt["hyper_parameters"]["gpt"], config.model.gpt.as_dict())
+        if difference:
+            raise UserError(f"checkpoint {path} holds another model than the config: {difference}")
+        run = run_of_checkpoint(path, root) if root else None
+        if self.config.subcommand != "fit" or run is None:
+            return  # evaluating, or a checkpoint from elsewhere: a new run folder
         config.trainer.logger.init_args.version = run.version
         self.resume_step = int(ckpt["global_step"])  # the step the first resumed batch logs at
         # config.yaml stays the run's first; each resume saves its own config beside it.
@@ -81,6 +100,29 @@ class LitGPTCLI(LightningCLI):
             "config_filename": f"config-resumed-at-step-{self.resume_step}.yaml",
             "overwrite": True,
         }
+
+    def _newest_readable_last(self, root: Path) -> str | None:
+        run = newest_resumable(root)
+        if run is None:
+            message = f"--ckpt_path last: no checkpoint under {root}: a new run starts"
+            rank_zero_only(log.warning)(message)
+            return None
+        problems = []
+        for candidate in last_candidates(run):
+            try:
+                read_checkpoint(candidate)
+            except UserError as e:
+                problems.append(str(e))
+                # Set aside (kept for a look), so later rotations keep only good files.
+                if rank_zero_only.rank == 0 and candidate.exists():
+                    os.replace(candidate, candidate.with_name(candidate.name + ".unreadable"))
+                rank_zero_only(log.warning)(f"{e}: renamed to {candidate.name}.unreadable")
+                continue
+            if problems:
+                rank_zero_only(log.warning)(f"resuming from the older {candidate} instead")
+            rank_zero_info(f"resuming from {candidate}")
+            return str(candidate)
+        raise UserError(f"--ckpt_path last: no readable checkpoint in {run.path / 'checkpoints'}")
 
     def before_fit(self) -> None:
         """``--ckpt_path`` to a weights-only checkpoint (``import_hf``'s) starts a fine-tune:
@@ -91,15 +133,25 @@ class LitGPTCLI(LightningCLI):
             # after the checkpoint: the resumed curve continues with no step shown twice.
             # TensorBoardLogger hands its extra kwargs to the SummaryWriter it creates lazily.
             logger._kwargs["purge_step"] = self.resume_step
-        config = self.config_init[self.subcommand]
-        path = config.get("ckpt_path")
-        if not path or not Path(path).is_file():
-            return  # "best", None: Lightning resolves them
-        ckpt = read_checkpoint(path)
-        if is_weights_only(ckpt):
+        ckpt = self._checkpoint_that_fits()
+        if ckpt is not None and is_weights_only(ckpt):
+            config = self.config_init[self.subcommand]
+            path = config["ckpt_path"]
             load_weights(self.model.gpt, ckpt, path)
             config["ckpt_path"] = None
             rank_zero_info(f"starting from the weights in {path} (fresh optimizer and step count)")
+
+    def _checkpoint_that_fits(self) -> dict | None:
+        """The --ckpt_path file's dict, after checking its tensors fit the configured model."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return None  # "best", None: Lightning resolves them
+        ckpt = read_checkpoint(path)
+        check_weights_fit(self.model.gpt, ckpt, path)  # names the first mismatching parameter
+        return ckpt
+
+    # evaluating a fine-tune's starting point (import_hf) checks the tensors too
+    before_validate = before_test = before_predict = _checkpoint_that_fits
 
 
 def run(args: list[str]) -> int:

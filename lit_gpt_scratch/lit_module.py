@@ -170,8 +170,7 @@ class LitGPT(L.LightningModule):
             )
             raise Diverged(
                 f"non-finite gradient norm at step {step} ({why}): the run stopped before "
-                "this update; checkpoints hold the weights from before it. Resume with "
-                "--ckpt_path last and a lower model.optimizer.init_args.lr"
+                "this update, and its checkpoints hold weights from before it"
             )
         # AdamW leaves a parameter whose gradient is None untouched: no update, no moment
         # decay, no weight decay. The scheduler and the step count still advance.

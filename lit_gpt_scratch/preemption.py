@@ -16,6 +16,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_gpt_scratch.run_checkpoint import RunCheckpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -83,8 +85,12 @@ class StopOnSignal(L.Callback):
         signum = self._agreed_signal(trainer)
         if signum is None:
             return
-        path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, RunCheckpoint):
+            path = str(callback.save_last_now(trainer))
+        else:  # a plain ModelCheckpoint, or none: save beside the run
+            path = last_checkpoint_path(trainer)
+            trainer.save_checkpoint(path)
         self.stopped_by = signum
         trainer.should_stop = True
         if trainer.is_global_zero:

@@ -4,7 +4,9 @@ writing into that same folder, so its curves continue instead of splitting."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +47,9 @@ def runs(root: Path) -> list[RunFolder]:
 
 
 def newest_resumable(root: Path) -> RunFolder | None:
-    """The newest run folder that holds a ``last.ckpt``."""
+    """The newest run folder that holds a ``last.ckpt`` (or an older ``last-N.ckpt``)."""
     for run in reversed(runs(root)):
-        if run.last_checkpoint.is_file():
+        if last_candidates(run):
             return run
     return None
 
@@ -59,3 +61,46 @@ def run_of_checkpoint(ckpt_path: str | Path, root: Path) -> RunFolder | None:
     if ckpt.parent.name != "checkpoints" or folder.parent != root.resolve():
         return None
     return RunFolder(root, folder.name) if VERSION_RE.fullmatch(folder.name) else None
+
+
+# --- the last checkpoints: rotated, never half-written, the newest readable one resumed ---------
+
+LAST = "last.ckpt"
+
+
+def older_last(last: Path, n: int) -> Path:
+    """``last-<n>.ckpt``: the ``last.ckpt`` of ``n`` saves before."""
+    return last.with_name(f"last-{n}.ckpt")
+
+
+def rotate_last(last: Path, keep_older: int) -> None:
+    """Before ``last.ckpt`` is replaced, shift ``last-1`` → ``last-2`` ... and link the current
+    ``last.ckpt`` as ``last-1.ckpt``, keeping ``keep_older`` of them. ``last.ckpt`` itself
+    stays in place, whole, until the new one is renamed over it."""
+    if keep_older < 1 or not last.exists():
+        return
+    older_last(last, keep_older).unlink(missing_ok=True)
+    for n in range(keep_older - 1, 0, -1):
+        if older_last(last, n).exists():
+            os.replace(older_last(last, n), older_last(last, n + 1))
+    tmp = last.with_name(f"{older_last(last, 1).name}.tmp")
+    if last.is_dir():  # a sharded checkpoint is a directory: move it aside
+        os.replace(last, older_last(last, 1))
+        return
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)  # a second name for the same bytes: no copy
+    except OSError:
+        shutil.copy2(last, tmp)
+    os.replace(tmp, older_last(last, 1))
+
+
+def last_candidates(run: RunFolder) -> list[Path]:
+    """``last.ckpt``, ``last-1.ckpt``, ... of a run folder, newest first, those that exist."""
+    last = run.last_checkpoint
+    found = [last] if last.exists() else []
+    n = 1
+    while older_last(last, n).exists():
+        found.append(older_last(last, n))
+        n += 1
+    return found

@@ -60,3 +60,24 @@ class NanWeightAtStep(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(iter(pl_module.parameters())).view(-1)[0] = float("nan")
+
+
+class KillDuringSaveAtStep(L.Callback):
+    """SIGKILL the process halfway through writing the checkpoint file of step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from fsspec.implementations.local import LocalFileOpener
+
+        write, callback = LocalFileOpener.write, self
+
+        def write_half_then_die(opener, data):
+            if trainer.global_step == callback.step and len(data) > 1000:
+                write(opener, data[: len(data) // 2])
+                opener.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return write(opener, data)
+
+        LocalFileOpener.write = write_half_then_die

@@ -33,3 +33,24 @@ def gpt_spec_from_config(path: str | Path) -> dict:
     if block_size is not None:
         spec.setdefault("init_args", {})["block_size"] = block_size
     return spec
+
+
+def first_difference(saved, configured, prefix: str = "model.gpt") -> str | None:
+    """The first setting in which two ``model.gpt`` specs differ, as ``key is A in the
+    checkpoint, B in the config``; None when they describe the same model."""
+    if isinstance(saved, dict) or isinstance(configured, dict):
+        saved, configured = saved or {}, configured or {}  # no init_args == empty init_args
+    if isinstance(saved, dict) and isinstance(configured, dict):
+        for key in [*saved, *(k for k in configured if k not in saved)]:
+            found = first_difference(saved.get(key), configured.get(key), f"{prefix}.{key}")
+            if found:
+                return found
+        return None
+    saved, configured = _plain(saved), _plain(configured)
+    if saved == configured:
+        return None
+    return f"{prefix} is {saved!r} in the checkpoint, {configured!r} in the config"
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value

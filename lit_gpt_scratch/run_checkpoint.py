@@ -1,0 +1,46 @@
+"""RunCheckpoint: Lightning's ModelCheckpoint that also keeps the ``last.ckpt`` files before
+the newest (``last-1.ckpt``, ...), so a checkpoint damaged after it was written still leaves
+a good one to resume from. Configured as the top-level ``checkpoint:`` section.
+
+Every write goes to a temporary file renamed over the target (Lightning's atomic save), so a
+kill during a save leaves the previous ``last.ckpt`` whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_gpt_scratch.runs import rotate_last
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint keeping ``keep_last`` last checkpoints: ``last.ckpt`` and the
+    ``keep_last - 1`` before it, as ``last-1.ckpt``, ``last-2.ckpt``...
+
+    Args:
+        keep_last: How many of the newest "last" checkpoints to keep (at least 1).
+        **kwargs: ModelCheckpoint's own arguments (``every_n_train_steps``, ``monitor``...).
+    """
+
+    def __init__(self, keep_last: int = 2, **kwargs):
+        if keep_last < 1:
+            raise ValueError(f"checkpoint.keep_last must be at least 1, got {keep_last}")
+        super().__init__(**kwargs)
+        self.keep_last = keep_last
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+
+    def save_last_now(self, trainer) -> Path:
+        """Save ``last.ckpt`` at the current step, outside the usual schedule (on a signal)."""
+        self.last_model_path = str(self.last_path)
+        self._save_checkpoint(trainer, str(self.last_path))
+        return self.last_path
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        if self.save_last and Path(filepath) == self.last_path and trainer.is_global_zero:
+            rotate_last(self.last_path, self.keep_last - 1)
+        super()._save_checkpoint(trainer, filepath)
