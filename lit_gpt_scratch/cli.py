@@ -8,12 +8,16 @@ a one-line summary and a function that takes the remaining arguments and returns
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from lit_gpt_scratch.errors import UserError
+
+# OSErrors of the machine, not of the code: no space, no permission, a read-only filesystem.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 # Sections of a training config that `prepare` accepts and ignores: it reads only `data:`.
 TRAINING_SECTIONS = (
@@ -147,11 +151,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return SUBCOMMANDS[name][1](rest)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # A full disk or a read-only directory: the user's to fix, and nothing half-written
+        # stays behind (checkpoints and shards are written to temporary names, then renamed).
+        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """The message itself, also when a DataLoader worker raised it (the main process re-raises
+    it wrapped in the worker's traceback, the original message on the last line)."""
+    if "\nOriginal Traceback" in message:
+        return message.rstrip().splitlines()[-1].split("Error: ", 1)[-1]
+    return message
 
 
 def entry() -> None:

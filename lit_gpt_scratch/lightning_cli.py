@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
 from lit_gpt_scratch.checkpoint import (
@@ -124,6 +125,16 @@ class LitGPTCLI(LightningCLI):
             return str(candidate)
         raise UserError(f"--ckpt_path last: no readable checkpoint in {run.path / 'checkpoints'}")
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # trainer.enable_checkpointing: false means no checkpoint: leave out `checkpoint:`'s
+        # callback rather than let the Trainer refuse the combination.
+        # Likewise trainer.logger: false leaves out the learning-rate monitor, which logs only.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, RunCheckpoint)]
+        if config.get("logger") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_fit(self) -> None:
         """``--ckpt_path`` to a weights-only checkpoint (``import_hf``'s) starts a fine-tune:
         the weights load into the configured model; optimizer and step count start fresh."""
@@ -161,6 +172,16 @@ def run(args: list[str]) -> int:
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     try:
         cli = _run_cli()
+    except MisconfigurationException as e:  # Lightning's word for a bad combination of options
+        raise UserError(" ".join(str(e).split())) from None
+    except RuntimeError as e:
+        if not str(e).startswith("SaveConfigCallback expected"):
+            raise
+        # Without a logger there is no run folder: the config would land where the last one did.
+        raise UserError(
+            f"{str(e).split(' to NOT exist')[0].split('expected ')[-1]} exists from an earlier "
+            "run: keep a logger (each run gets its own folder) or set trainer.default_root_dir"
+        ) from None
     finally:
         sys.argv = saved
     # Stopped by a signal, after saving: 128 + its number, as a shell reports a signal.

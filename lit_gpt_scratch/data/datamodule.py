@@ -111,8 +111,12 @@ class TokenDataModule(L.LightningDataModule):
         self.meta = read_meta(h.data_dir)
         check_tokenizer(self.meta, h.tokenizer, h.data_dir)
         splits = self.meta["splits"]
-        self.train_stream = TokenStream(h.data_dir, "train", self.meta["dtype"], splits["train"])
-        self.val_stream = TokenStream(h.data_dir, "val", self.meta["dtype"], splits["val"])
+        # The ids are checked on every read: a damaged shard is named, not embedded.
+        dtype, vocab = self.meta["dtype"], self.meta["vocab_size"]
+        self.train_stream, self.val_stream = (
+            TokenStream(h.data_dir, split, dtype, splits[split], vocab_size=vocab)
+            for split in ("train", "val")
+        )
         if stage in (None, "fit"):
             check_holds_a_window(self.train_stream, self.window, "add sources or lower block_size")
         if stage in (None, "fit", "validate", "test"):

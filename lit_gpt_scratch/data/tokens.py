@@ -61,6 +61,8 @@ class TokenStream:
         reopen_every: Re-open the memory maps after this many reads. A map read for hours keeps
             every page it touched mapped into this process (its RSS grows toward the dataset's
             size); dropping the map unmaps them. Re-opening costs microseconds.
+        vocab_size: Every id read must be below it (a damaged file is named, not fed to the
+            embedding, where it would crash or, on a GPU, assert). None: not checked.
 
     Only paths and sizes are pickled: a DataLoader worker opens its own maps on its first read.
     """
@@ -72,8 +74,10 @@ class TokenStream:
         dtype: str | np.dtype,
         shards: list[dict] | None = None,
         reopen_every: int = REOPEN_EVERY,
+        vocab_size: int | None = None,
     ):
         self.data_dir = Path(data_dir)
+        self.vocab_size = vocab_size
         self.split = split
         self.dtype = np.dtype(dtype).newbyteorder("<")  # shards are little-endian on any host
         if shards is None:
@@ -128,6 +132,13 @@ class TokenStream:
             out[done : done + n] = self._map(shard)[pos : pos + n]  # copies: no view escapes
             done += n
             shard += 1
+        if self.vocab_size is not None and length and out.max() >= self.vocab_size:
+            at = int(out.argmax())
+            raise UserError(
+                f"{self.split} token {start + at} of {self.data_dir} is id {int(out[at])}, "
+                f"outside the {self.vocab_size}-id vocabulary of its meta.json: the token files "
+                f"are damaged; delete {self.data_dir} and prepare again"
+            )
         return out
 
     def _map(self, shard: int) -> np.memmap:

@@ -1,0 +1,150 @@
+"""Bad input met by fit: one line naming the thing and the problem, a non-zero exit, nothing
+lost. (prepare's own cases are in test_prepare.py; checkpoints' in test_checkpoints.py.)"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import LOREM, small_run_args, write_text_corpus
+
+from lit_gpt_scratch.checkpoint import save_gpt
+from lit_gpt_scratch.cli import main
+from lit_gpt_scratch.model.build import build_gpt
+
+
+@pytest.fixture
+def cli(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def args(tmp_path):
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    return small_run_args(corpus, tmp_path / "data", **{"trainer.max_steps": "4"})
+
+
+def last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_token_id_outside_the_vocabulary_is_named(tmp_path, cli, args, workers):
+    assert cli("fit", *args, "--trainer.max_steps=1").returncode == 0
+    shard = tmp_path / "data/train_000000.bin"
+    tokens = np.memmap(shard, dtype=np.uint16, mode="r+")
+    tokens[:] = 4500  # every window then holds it; the vocabulary has 4096 ids
+    tokens.flush()
+    result = cli("fit", *args, f"--data.num_workers={workers}")
+    assert result.returncode == 1
+    line = last_line(result)
+    assert line.startswith("error: train token ") and " is id 4500, outside the 4096-id " in line
+    assert line.endswith(
+        f"the token files are damaged; delete {tmp_path / 'data'} and prepare again"
+    )
+
+
+def test_uint32_tokens_read_as_uint16_are_refused(tmp_path, cli, args):
+    assert cli("fit", *args, "--trainer.max_steps=1").returncode == 0
+    shard = tmp_path / "data/train_000000.bin"
+    ids = np.fromfile(shard, dtype=np.uint16)
+    ids.astype(np.uint32).tofile(shard)  # the same ids, written 4 bytes each
+    result = cli("fit", *args)
+    assert result.returncode == 1
+    assert last_line(result) == (  # prepare_data's check of a complete directory sees it first
+        f"error: {shard} is missing or has the wrong size for meta.json: "
+        f"delete {tmp_path / 'data'} and prepare again"
+    )
+
+
+def test_corrupt_meta_json_is_named(tmp_path, cli, args):
+    assert cli("fit", *args, "--trainer.max_steps=1").returncode == 0
+    meta = tmp_path / "data/meta.json"
+    meta.write_text(meta.read_text()[:40])
+    result = cli("fit", *args)
+    assert result.returncode == 1
+    assert last_line(result).startswith(f"error: {meta}: unreadable (")
+    assert last_line(result).endswith(f"delete {tmp_path / 'data'} and prepare again")
+
+
+def test_block_size_beyond_the_position_table_is_named(tmp_path, cli, args):
+    """Fine-tuning imported weights (a 32-position table) at a longer context."""
+    spec = {
+        "class_path": "lit_gpt_scratch.model.gpt.GPT",
+        "init_args": {"vocab_size": 4096, "block_size": 32, "n_layer": 1, "n_head": 2,
+                      "d_model": 32},
+    }  # fmt: skip
+    save_gpt(tmp_path / "w.ckpt", build_gpt(spec), spec, "stdlib-4k")
+    result = cli("fit", *args, "--data.block_size=64", f"--ckpt_path={tmp_path / 'w.ckpt'}")
+    assert result.returncode == 1
+    assert last_line(result) == (
+        f"error: checkpoint {tmp_path / 'w.ckpt'} holds another architecture: "
+        "position.wpe.weight has shape (32, 32) in the checkpoint, (64, 32) in the model"
+    )
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, cli, args, monkeypatch):
+    assert cli("fit", *args, "--checkpoint.every_n_train_steps=2").returncode == 0
+    last = tmp_path / "checkpoints/tiny/version_0/checkpoints/last.ckpt"
+    before = last.read_bytes()
+    from fsspec.implementations.local import LocalFileOpener
+
+    def no_space(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device", self.path)
+
+    monkeypatch.setattr(LocalFileOpener, "write", no_space)
+    result = cli("fit", *args, "--trainer.max_steps=6", "--ckpt_path=last")
+    assert result.returncode == 1
+    line = last_line(result)
+    assert line.startswith("error: cannot write ") and line.endswith(": No space left on device")
+    assert last.read_bytes() == before  # the last good checkpoint, untouched
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+
+
+def test_read_only_run_directory_is_named(tmp_path, cli, args, monkeypatch):
+    import os
+
+    real_makedirs = os.makedirs
+
+    def read_only(path, *a, **kw):  # root ignores chmod: fake a read-only filesystem
+        if "checkpoints" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_makedirs(path, *a, **kw)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    result = cli("fit", *args)
+    assert result.returncode == 1
+    line = last_line(result)
+    assert line == f"error: cannot write {tmp_path / 'checkpoints/tiny'}: Read-only file system"
+
+
+def test_checkpointing_or_logging_switched_off_runs(tmp_path, cli, args):
+    no_ckpt = cli("fit", *args, "--trainer.enable_checkpointing=false")
+    assert no_ckpt.returncode == 0, no_ckpt.stderr
+    assert not list(tmp_path.glob("checkpoints/tiny/version_0/checkpoints/*"))
+    no_logger = cli("fit", *args, "--trainer.logger=false")
+    assert no_logger.returncode == 0, no_logger.stderr
+    again = cli("fit", *args, "--trainer.logger=false")  # would overwrite the first's config
+    assert again.returncode == 1
+    assert last_line(again) == (
+        "error: checkpoints/config.yaml exists from an earlier run: keep a logger (each run "
+        "gets its own folder) or set trainer.default_root_dir"
+    )
+
+
+def test_lightning_misconfiguration_is_one_line(cli, args):
+    result = cli("fit", *args, "--trainer.gradient_clip_algorithm=foo")
+    assert result.returncode == 1, result.stderr
+    assert last_line(result) == (
+        "error: `gradient_clip_algorithm` foo is invalid. Allowed algorithms: ['value', 'norm']."
+    )
