@@ -43,6 +43,7 @@ def prepare_parser():
     parser = ArgumentParser(
         prog="lit-gpt-scratch prepare",
         exit_on_error=False,
+        allow_abbrev=False,
         description="Tokenize data.sources into memory-mappable shards and meta.json in "
         "data.data_dir. Reads the data: section of a training config; other sections are ignored.",
     )
@@ -86,6 +87,7 @@ def function_command(
         parser = ArgumentParser(
             prog=f"lit-gpt-scratch {name}",
             exit_on_error=False,
+            allow_abbrev=False,
             description=function.__doc__.split("\n")[0],
         )
         parser.add_argument(

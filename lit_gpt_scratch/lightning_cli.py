@@ -8,6 +8,7 @@ is linked to ``model.gpt.init_args.block_size``: write it once, under ``data``.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -174,6 +175,8 @@ def run(args: list[str]) -> int:
         cli = _run_cli()
     except MisconfigurationException as e:  # Lightning's word for a bad combination of options
         raise UserError(" ".join(str(e).split())) from None
+    except argparse.ArgumentError as e:  # an unknown key, a bad value
+        raise UserError(f"{' '.join(str(e).split())} (see --help)") from None
     except RuntimeError as e:
         if not str(e).startswith("SaveConfigCallback expected"):
             raise
@@ -205,4 +208,7 @@ def _run_cli() -> LitGPTCLI:
             },
         },
         save_config_kwargs={"overwrite": False},
+        # A bad key raises (run() makes it one line) instead of printing the whole usage;
+        # no abbreviations, so a typo such as --trainer.max_step is an error, not max_steps.
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
     )

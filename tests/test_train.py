@@ -98,11 +98,19 @@ def test_block_size_is_linked_from_data_to_model(monkeypatch):
     assert built.model.gpt.block_size == 64 and built.datamodule.hparams.block_size == 64
 
 
-def test_unknown_key_exits_non_zero_naming_it(cli):
-    result = cli(
-        "fit", "--config", str(ROOT / "configs/tiny.yaml"), "--model.gpt.init_args.n_layr=2"
-    )
-    assert result.returncode != 0 and "n_layr" in result.stderr
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("--model.gpt.init_args.n_layr=2", "Option 'n_layr' is not accepted"),
+        ("--trainer.max_step=2", "unrecognized arguments: --trainer.max_step=2"),  # no prefixes
+        ("--data.batch_size=x", "Parser key \"data.batch_size\": Expected a <class 'int'>"),
+    ],
+)
+def test_config_typo_is_one_line_naming_the_key(cli, arg, message):
+    result = cli("fit", "--config", str(ROOT / "configs/tiny.yaml"), arg)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr and result.stderr.rstrip().endswith("(see --help)")
 
 
 def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
