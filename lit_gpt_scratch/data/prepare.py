@@ -400,11 +400,18 @@ def _refuse_if_changed(out: Path, before: dict, now: dict) -> None:
     if key == "manifest":
         what = "the source files changed (size or modification time) since"
     else:
-        what = f"{key} was {before.get(key)!r}, now {now[key]!r}"
+        what = f"{key} was {_shown(before.get(key))}, now {_shown(now[key])}"
     raise UserError(
         f"data_dir {out} was prepared with other settings ({what}): use another "
         f"--data.data_dir, or delete {out} to prepare it again"
     )
+
+
+def _shown(value) -> str:
+    # A ranks file's identity is its digest: say so rather than print 64 hex digits.
+    if isinstance(value, str) and value.startswith("sha256:"):
+        return f"the ranks file with sha256 {value[7:19]}…"
+    return repr(value)
 
 
 def _check_complete(out: Path, meta: dict, block_size: int) -> None:
