@@ -189,3 +189,17 @@ def test_a_compiled_model_saves_plain_keys():
     module.configure_model()
     assert module._compiled
     assert not [k for k in module.state_dict() if "_orig_mod" in k]
+
+
+def test_resume_with_another_batch_size_is_refused_unless_approximate(tmp_path, cli):
+    args = run_args(tmp_path, **{"trainer.max_steps": "2"})
+    assert cli("fit", *args).returncode == 0
+    more = [*args, "--trainer.max_steps=4", "--data.batch_size=8", "--ckpt_path=last"]
+    refused = cli("fit", *more)
+    assert refused.returncode == 1
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "batch_size 4" in line
+    assert "data.allow_approximate_resume" in line
+    accepted = cli("fit", *more, "--data.allow_approximate_resume=true")
+    assert accepted.returncode == 0, accepted.stderr
+    assert step_of(ckpt_dir(tmp_path) / "last.ckpt") == 4
