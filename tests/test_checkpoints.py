@@ -203,3 +203,17 @@ def test_resume_with_another_batch_size_is_refused_unless_approximate(tmp_path, 
     accepted = cli("fit", *more, "--data.allow_approximate_resume=true")
     assert accepted.returncode == 0, accepted.stderr
     assert step_of(ckpt_dir(tmp_path) / "last.ckpt") == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_checkpoints_move_between_cpu_and_gpu(tmp_path, cli):
+    args = run_args(tmp_path, **{"trainer.max_steps": "2", "trainer.accelerator": "cpu"})
+    assert cli("fit", *args).returncode == 0
+    for accelerator, precision, steps in (("gpu", "bf16-mixed", 4), ("cpu", "32-true", 6)):
+        more = cli(
+            "fit", *args, f"--trainer.accelerator={accelerator}",
+            f"--trainer.precision={precision}", f"--trainer.max_steps={steps}", "--ckpt_path=last",
+        )  # fmt: skip
+        assert more.returncode == 0, more.stderr
+        assert step_of(ckpt_dir(tmp_path) / "last.ckpt") == steps
