@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,25 @@ import pytest
 
 import lit_gpt_scratch.data.prepare as prepare_module
 import lit_gpt_scratch.data.sources as sources_module
+
+
+@pytest.fixture
+def cli(capsys, tmp_path, monkeypatch):
+    """Run the command line in this process, in tmp_path (runs land in tmp_path/checkpoints,
+    the configs' relative save_dir): (exit code, stdout, stderr) as a CompletedProcess."""
+    from lit_gpt_scratch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # jsonargparse exits after --print_config and --help
+            code = e.code or 0
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 @pytest.fixture(autouse=True)

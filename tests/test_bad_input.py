@@ -4,7 +4,6 @@ lost. (prepare's own cases are in test_prepare.py; checkpoints' in test_checkpoi
 from __future__ import annotations
 
 import errno
-import subprocess
 
 import numpy as np
 import pytest
@@ -12,20 +11,7 @@ import torch
 from conftest import LOREM, small_run_args, write_text_corpus
 
 from lit_gpt_scratch.checkpoint import save_gpt
-from lit_gpt_scratch.cli import main
 from lit_gpt_scratch.model.build import build_gpt
-
-
-@pytest.fixture
-def cli(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 @pytest.fixture

@@ -4,26 +4,11 @@ skipped, and a checkpoint of another architecture is refused naming the paramete
 from __future__ import annotations
 
 import signal
-import subprocess
 
 import pytest
 import torch
 from conftest import LOREM, small_run_args, write_text_corpus
 from test_resume import fit, signal_at
-
-from lit_gpt_scratch.cli import main
-
-
-@pytest.fixture
-def cli(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 def run_args(tmp_path, **overrides) -> list[str]:

@@ -3,26 +3,9 @@ reaches the weights or a checkpoint."""
 
 from __future__ import annotations
 
-import subprocess
-
-import pytest
 import torch
 from conftest import LOREM, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from lit_gpt_scratch.cli import main
-
-
-@pytest.fixture
-def cli(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 def nan_config(tmp_path, step: int, every: bool = False) -> str:

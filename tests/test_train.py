@@ -12,23 +12,9 @@ from conftest import LOREM, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gpt_scratch.checkpoint import load_gpt
-from lit_gpt_scratch.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-
-
-@pytest.fixture
-def cli(capsys):
-    def run(*args: str) -> subprocess.CompletedProcess:
-        try:
-            code = main(list(args))
-        except SystemExit as e:  # jsonargparse exits after --print_config, or on a bad key
-            code = e.code or 0
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 @pytest.fixture
