@@ -109,18 +109,18 @@ class LitGPTCLI(LightningCLI):
             message = f"--ckpt_path last: no checkpoint under {root}: a new run starts"
             rank_zero_only(log.warning)(message)
             return None
-        problems = []
+        skipped = False
         for candidate in last_candidates(run):
             try:
                 read_checkpoint(candidate)
             except UserError as e:
-                problems.append(str(e))
+                skipped = True
                 # Set aside (kept for a look), so later rotations keep only good files.
                 if rank_zero_only.rank == 0 and candidate.exists():
                     os.replace(candidate, candidate.with_name(candidate.name + ".unreadable"))
                 rank_zero_only(log.warning)(f"{e}: renamed to {candidate.name}.unreadable")
                 continue
-            if problems:
+            if skipped:
                 rank_zero_only(log.warning)(f"resuming from the older {candidate} instead")
             rank_zero_info(f"resuming from {candidate}")
             return str(candidate)

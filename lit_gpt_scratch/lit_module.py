@@ -114,7 +114,7 @@ class LitGPT(L.LightningModule):
         )  # (B, T)
         return losses.mean(dim=1)
 
-    # --- exact resume: random number generators ---------------------------------------------
+    # --- exact resume: random number generators, the divergence guard's counts ---------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Diverged weights never replace a good checkpoint.
@@ -125,8 +125,10 @@ class LitGPT(L.LightningModule):
                 f"{bad} is not finite (the last checkpoint saved before is kept)"
             )
         checkpoint["rng_states"] = all_ranks_rng_states()  # every rank calls this hook
+        checkpoint["skipped_steps"] = [self.skipped_steps, self.consecutive_skips]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps, self.consecutive_skips = checkpoint.get("skipped_steps", [0, 0])
         # Restored at the first resumed batch, not now: between loading and that batch
         # Lightning draws from the generators (a DataLoader iterator takes its base seed).
         self._rng_states_to_restore = checkpoint.get("rng_states")
