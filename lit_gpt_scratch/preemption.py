@@ -14,8 +14,10 @@ import signal
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,9 @@ class StopOnSignal(L.Callback):
         names = ["SIGTERM", "SIGUSR1", "SIGINT"] if signals is None else signals
         self.signals = [_signal_named(n) for n in names]
         if sync_every_n_steps < 1:
-            raise ValueError(f"sync_every_n_steps must be at least 1, got {sync_every_n_steps}")
+            raise UserError(
+                f"preemption.sync_every_n_steps must be at least 1, got {sync_every_n_steps}"
+            )
         self.sync_every_n_steps = sync_every_n_steps
         self.received: int | None = None  # the signal that arrived first
         self.stopped_by: int | None = None  # the signal training stopped for, once saved
@@ -106,8 +110,6 @@ class StopOnSignal(L.Callback):
             return self.received
         if trainer.global_step % self.sync_every_n_steps:
             return None
-        import torch
-
         # The largest signal number any rank received (0: none), the same on every rank.
         mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
         agreed = int(trainer.strategy.reduce(mine, reduce_op="max"))
@@ -127,4 +129,4 @@ def _signal_named(name: str) -> int:
     try:
         return int(signal.Signals[name.upper()])
     except KeyError:
-        raise ValueError(f"unknown signal {name!r}") from None
+        raise UserError(f"preemption.signals: unknown signal {name!r}") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.runs import rotate_last
 
 
@@ -26,7 +27,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def __init__(self, keep_last: int = 2, **kwargs):
         if keep_last < 1:
-            raise ValueError(f"checkpoint.keep_last must be at least 1, got {keep_last}")
+            raise UserError(f"checkpoint.keep_last must be at least 1, got {keep_last}")
         super().__init__(**kwargs)
         self.keep_last = keep_last
 

@@ -134,3 +134,15 @@ def test_lightning_misconfiguration_is_one_line(cli, args):
     assert last_line(result) == (
         "error: `gradient_clip_algorithm` foo is invalid. Allowed algorithms: ['value', 'norm']."
     )
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("--preemption.signals=[SIGFOO]", "error: preemption.signals: unknown signal 'SIGFOO'"),
+        ("--checkpoint.keep_last=0", "error: checkpoint.keep_last must be at least 1, got 0"),
+    ],
+)
+def test_bad_callback_options_are_one_line(cli, args, arg, message):
+    result = cli("fit", *args, arg)
+    assert result.returncode == 1 and last_line(result) == message
