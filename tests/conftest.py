@@ -108,3 +108,17 @@ def small_run_args(corpus: Path, data_dir: Path, **overrides) -> list[str]:
     }
     args.update(overrides)
     return ["--config", str(ROOT / "configs/tiny.yaml"), *(f"--{k}={v}" for k, v in args.items())]
+
+
+def save_weights_only(path: Path, d_model: int = 32, block_size: int = 32) -> Path:
+    """A weights-only checkpoint (as import_hf writes) of a 1-layer GPT on the stdlib-4k ids."""
+    from lit_gpt_scratch.checkpoint import save_gpt
+    from lit_gpt_scratch.model.build import build_gpt
+
+    spec = {
+        "class_path": "lit_gpt_scratch.model.gpt.GPT",
+        "init_args": {"vocab_size": 4096, "block_size": block_size, "n_layer": 1, "n_head": 2,
+                      "d_model": d_model},
+    }  # fmt: skip
+    save_gpt(path, build_gpt(spec), spec, "stdlib-4k")
+    return path

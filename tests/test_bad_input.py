@@ -8,10 +8,7 @@ import errno
 import numpy as np
 import pytest
 import torch
-from conftest import LOREM, small_run_args, write_text_corpus
-
-from lit_gpt_scratch.checkpoint import save_gpt
-from lit_gpt_scratch.model.build import build_gpt
+from conftest import LOREM, save_weights_only, small_run_args, write_text_corpus
 
 
 @pytest.fixture
@@ -65,12 +62,7 @@ def test_corrupt_meta_json_is_named(tmp_path, cli, args):
 
 def test_block_size_beyond_the_position_table_is_named(tmp_path, cli, args):
     """Fine-tuning imported weights (a 32-position table) at a longer context."""
-    spec = {
-        "class_path": "lit_gpt_scratch.model.gpt.GPT",
-        "init_args": {"vocab_size": 4096, "block_size": 32, "n_layer": 1, "n_head": 2,
-                      "d_model": 32},
-    }  # fmt: skip
-    save_gpt(tmp_path / "w.ckpt", build_gpt(spec), spec, "stdlib-4k")
+    save_weights_only(tmp_path / "w.ckpt", d_model=32, block_size=32)
     result = cli("fit", *args, "--data.block_size=64", f"--ckpt_path={tmp_path / 'w.ckpt'}")
     assert result.returncode == 1
     assert last_line(result) == (

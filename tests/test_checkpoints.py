@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from conftest import LOREM, small_run_args, write_text_corpus
+from conftest import LOREM, save_weights_only, small_run_args, write_text_corpus
 from test_resume import fit, signal_at
 
 
@@ -109,16 +109,8 @@ def test_checkpoint_of_another_model_names_the_setting(tmp_path, cli, command):
 def test_weights_of_another_shape_name_the_tensor(tmp_path, cli):
     """A weights-only checkpoint (import_hf's) starts a fine-tune of the configured model:
     its tensors must fit it, and the first that does not is named."""
-    from lit_gpt_scratch.checkpoint import save_gpt
-    from lit_gpt_scratch.model.build import build_gpt
-
     args = run_args(tmp_path, **{"trainer.max_steps": "1"})
-    spec = {
-        "class_path": "lit_gpt_scratch.model.gpt.GPT",
-        "init_args": {"vocab_size": 4096, "block_size": 32, "n_layer": 1, "n_head": 2,
-                      "d_model": 64},
-    }  # fmt: skip
-    save_gpt(tmp_path / "w.ckpt", build_gpt(spec), spec, "stdlib-4k")
+    save_weights_only(tmp_path / "w.ckpt", d_model=64, block_size=32)
     result = cli("fit", *args, f"--ckpt_path={tmp_path / 'w.ckpt'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
