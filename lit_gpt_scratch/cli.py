@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # A full disk or a read-only directory: the user's to fix, and nothing half-written
         # stays behind (checkpoints and shards are written to temporary names, then renamed).
-        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        print(f"error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
