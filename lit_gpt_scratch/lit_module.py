@@ -63,9 +63,11 @@ class LitGPT(L.LightningModule):
         self.skipped_steps = 0
 
     def configure_model(self) -> None:
-        use = self.compile_model
-        if use is None:  # the module may not be on its device yet: ask the strategy
-            use = self.trainer.strategy.root_device.type == "cuda"
+        # Ask the strategy: the module may not be on its device yet.
+        on_cuda = self._trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        if on_cuda:  # TF32 tensor cores for fp32 matmuls (bf16-mixed runs keep fp32 parts)
+            torch.set_float32_matmul_precision("high")
+        use = on_cuda if self.compile_model is None else self.compile_model
         if use and not getattr(self, "_compiled", False):
             self.gpt.compile()  # in place: no "_orig_mod." prefix in checkpoints
             self._compiled = True
@@ -184,15 +186,24 @@ class LitGPT(L.LightningModule):
         rank_zero_warn(f"non-finite gradient norm at step {step}: update skipped")
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.gpt.parameters():  # each parameter once, a tied head included
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory(groups)
-        scheduler = self.scheduler_factory(optimizer)
-        if hasattr(scheduler, "set_total_steps"):
-            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = self.build_optimizer(self.trainer.estimated_stepping_batches)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def build_optimizer(self, total_steps: int):
+        """The optimizer over two param groups, and its scheduler set to ``total_steps``."""
+        optimizer = self.optimizer_factory(param_groups(self.gpt))
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(total_steps)
+        return optimizer, scheduler
+
+
+def param_groups(gpt: torch.nn.Module) -> list[dict]:
+    """Weight decay on 2-D weights (matrices, embeddings); none on biases and norm gains."""
+    decay, no_decay = [], []
+    for p in gpt.parameters():  # each parameter once, a tied head included
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

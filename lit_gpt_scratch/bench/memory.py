@@ -39,12 +39,14 @@ SHARD_TOKENS = 512 * 2**20  # 1 GiB of uint16 per shard
 VOCAB = 50257
 
 
-def write_data(data_dir: Path, gigabytes: float) -> int:
-    """A data_dir of random uint16 ids (no val split needed here); returns its token count."""
+def write_data(data_dir: Path, gigabytes: float, vocab: int = VOCAB) -> int:
+    """A data_dir of random uint16 ids below ``vocab`` (no val split); returns its size."""
     total = int(gigabytes * 2**30) // 2
     meta_path = data_dir / META
-    if meta_path.exists() and json.loads(meta_path.read_text())["tokens"]["train"] == total:
-        return total
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if (meta["tokens"]["train"], meta["vocab_size"]) == (total, vocab):
+            return total
     data_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     shards, left = [], total
@@ -53,10 +55,10 @@ def write_data(data_dir: Path, gigabytes: float) -> int:
         name = f"train_{len(shards):06d}.bin"
         with open(data_dir / name, "wb") as f:
             for start in range(0, n, 2**24):
-                rng.integers(0, VOCAB, min(2**24, n - start), dtype=np.uint16).tofile(f)
+                rng.integers(0, vocab, min(2**24, n - start), dtype=np.uint16).tofile(f)
         shards.append({"file": name, "tokens": n})
         left -= n
-    meta = {"dtype": "uint16", "vocab_size": VOCAB, "splits": {"train": shards, "val": []}}
+    meta = {"dtype": "uint16", "vocab_size": vocab, "splits": {"train": shards, "val": []}}
     meta["tokens"] = {"train": total, "val": 0}
     meta_path.write_text(json.dumps(meta))
     return total
