@@ -45,3 +45,14 @@ def test_data_reports_the_loaders_share_of_a_step(fast, capsys):
     assert re.fullmatch(
         r"\| tiny \| 0 \| 2 × 257 \| [\d,]+ \| [\d.]+ \| [\d.,]+ \| [\d.]+ \| [\d.]+% \|", row
     )
+
+
+def test_loss_memory_rows_agree_on_loss_and_gradients(capsys):
+    from lit_gpt_scratch.bench import loss_memory
+
+    argv = ["--batch_size", "1", "--block_size", "32", "--d_model", "64", "--n_layer", "1"]
+    assert loss_memory.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split("|") for line in out if re.match(r"\| (off|\d+) \| (on|off) \|", line)]
+    assert len(rows) == 5
+    assert len({(r[5], r[6]) for r in rows}) == 1  # the same loss and grad norm in every row

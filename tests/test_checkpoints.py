@@ -194,3 +194,13 @@ def test_checkpoints_move_between_cpu_and_gpu(tmp_path, cli):
         )  # fmt: skip
         assert more.returncode == 0, more.stderr
         assert step_of(ckpt_dir(tmp_path) / "last.ckpt") == steps
+
+
+def test_memory_options_may_change_on_resume(tmp_path, cli):
+    args = run_args(tmp_path, **{"trainer.max_steps": "2"})
+    assert cli("fit", *args).returncode == 0
+    lean = ["--model.gpt.init_args.loss_chunk_size=16",
+            "--model.gpt.init_args.activation_checkpointing=true"]  # fmt: skip
+    more = cli("fit", *args, *lean, "--trainer.max_steps=4", "--ckpt_path=last")
+    assert more.returncode == 0, more.stderr
+    assert step_of(ckpt_dir(tmp_path) / "last.ckpt") == 4

@@ -242,3 +242,28 @@ def test_sampling_rules():
     again = torch.Generator().manual_seed(7)
     first = sample_next(logits, generator=torch.Generator().manual_seed(7))
     assert torch.equal(first, sample_next(logits, generator=again))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"loss_chunk_size": 7}, {"activation_checkpointing": True}, {"loss_chunk_size": 64,
+     "activation_checkpointing": True}],
+)  # fmt: skip
+def test_memory_options_compute_the_same_loss_and_gradients(options):
+    torch.manual_seed(0)
+    plain = GPT(vocab_size=100, block_size=16, n_layer=2, n_head=2, d_model=32, vocab_multiple=64)
+    lean = GPT(vocab_size=100, block_size=16, n_layer=2, n_head=2, d_model=32, vocab_multiple=64,
+               **options)  # fmt: skip
+    lean.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 100, (3, 16))
+    targets = torch.randint(0, 100, (3, 16))
+    targets[0, :5] = -100  # ignored positions count in neither the sum nor the mean
+    losses = []
+    for model in (plain, lean):
+        logits, loss = model(idx, targets)
+        loss.backward()
+        losses.append(loss)
+    assert (logits is None) == bool(options.get("loss_chunk_size"))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), lean.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)

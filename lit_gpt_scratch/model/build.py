@@ -35,6 +35,10 @@ def gpt_spec_from_config(path: str | Path) -> dict:
     return spec
 
 
+# GPT options that change how the model runs, not what it computes: free to differ on resume.
+EXECUTION_OPTIONS = ("activation_checkpointing", "loss_chunk_size")
+
+
 def first_difference(saved, configured, prefix: str = "model.gpt") -> str | None:
     """The first setting in which two ``model.gpt`` specs differ, as ``key is A in the
     checkpoint, B in the config``; None when they describe the same model."""
@@ -42,6 +46,8 @@ def first_difference(saved, configured, prefix: str = "model.gpt") -> str | None
         saved, configured = saved or {}, configured or {}  # no init_args == empty init_args
     if isinstance(saved, dict) and isinstance(configured, dict):
         for key in [*saved, *(k for k in configured if k not in saved)]:
+            if key in EXECUTION_OPTIONS and prefix == "model.gpt.init_args":
+                continue
             found = first_difference(saved.get(key), configured.get(key), f"{prefix}.{key}")
             if found:
                 return found

@@ -20,7 +20,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.attention import Attention, CausalSelfAttention, KVCache
 from lit_gpt_scratch.model.mlp import MLP, GeluMLP
 from lit_gpt_scratch.model.norm import LayerNorm, Norm
@@ -60,6 +62,16 @@ class GPT(nn.Module):
             faster on GPUs). Padded ids never get probability and are never targets.
         init_std: Std of the normal init of linear and embedding weights; the residual output
             projections (``c_proj``) get ``init_std / sqrt(2 * n_layer)``.
+        activation_checkpointing: In training, keep only each block's input and recompute the
+            block in the backward pass: activation memory of one block instead of all, for
+            about one more forward pass of compute.
+        loss_chunk_size: With targets, compute the head and the cross-entropy this many
+            positions at a time, recomputing each chunk in the backward pass, so the
+            (B, T, vocab) logits are never held at once; ``forward`` then returns no logits.
+            0: the whole batch at once.
+
+    ``activation_checkpointing`` and ``loss_chunk_size`` change how the model runs, never what
+    it computes: a checkpoint resumes with either setting.
     """
 
     def __init__(
@@ -76,8 +88,14 @@ class GPT(nn.Module):
         tie_embeddings: bool = True,
         vocab_multiple: int = 1,
         init_std: float = 0.02,
+        activation_checkpointing: bool = False,
+        loss_chunk_size: int = 0,
     ):
         super().__init__()
+        if loss_chunk_size < 0:
+            raise UserError(f"model.gpt loss_chunk_size must be 0 or more, got {loss_chunk_size}")
+        self.activation_checkpointing = activation_checkpointing
+        self.loss_chunk_size = loss_chunk_size
         self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
         self.padded_vocab_size = vocab_multiple * math.ceil(vocab_size / vocab_multiple)
         self.wte = nn.Embedding(self.padded_vocab_size, d_model)
@@ -124,14 +142,38 @@ class GPT(nn.Module):
         if pos is None:
             pos = torch.arange(start, start + T, device=idx.device)
         x = self.position.embed(self.wte(idx), pos)  # (B, T, C)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, self.position, pos, caches[i] if caches else None, pad_mask)
-        logits = self.lm_head(self.ln_f(x))[..., : self.vocab_size]  # padded ids never scored
+            if recompute and not caches:
+                x = checkpoint(block, x, self.position, pos, None, pad_mask, use_reentrant=False)
+            else:
+                x = block(x, self.position, pos, caches[i] if caches else None, pad_mask)
+        x = self.ln_f(x)
+        if targets is not None and self.loss_chunk_size:
+            return None, self._chunked_loss(x.reshape(-1, x.size(-1)), targets.reshape(-1))
+        logits = self.lm_head(x)[..., : self.vocab_size]  # padded ids never scored
         if targets is None:
             return logits, None
+        return logits, self._cross_entropy(logits, targets.reshape(-1), "mean")
+
+    def _cross_entropy(self, logits, targets, reduction: str) -> torch.Tensor:
         # fp32 cross-entropy whatever the autocast dtype: bf16 log-softmax over 50k ids is lossy
-        loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), targets.reshape(-1))
-        return logits, loss
+        logits = logits.float().reshape(-1, self.vocab_size)
+        return F.cross_entropy(logits, targets, reduction=reduction)
+
+    def _head_loss_sum(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._cross_entropy(self.lm_head(x)[..., : self.vocab_size], targets, "sum")
+
+    def _chunked_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of (N, C) final states against (N,) targets, ``loss_chunk_size``
+        rows at a time; each chunk's logits are recomputed in the backward pass, not kept."""
+        total = x.new_zeros((), dtype=torch.float32)
+        for start in range(0, x.size(0), self.loss_chunk_size):
+            rows = slice(start, start + self.loss_chunk_size)
+            total = total + checkpoint(
+                self._head_loss_sum, x[rows], targets[rows], use_reentrant=False
+            )
+        return total / _counted(targets)
 
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """Empty key/value caches, one per block, for ``max_len`` slots."""
@@ -140,3 +182,8 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         """Parameters, each counted once (a tied head adds none)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _counted(targets: torch.Tensor) -> torch.Tensor:
+    """How many targets count (not -100), at least 1: the mean's denominator."""
+    return (targets != -100).sum().clamp(min=1)
