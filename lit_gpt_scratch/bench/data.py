@@ -20,11 +20,9 @@ from pathlib import Path
 from lit_gpt_scratch.bench.step_timing import (
     bare_step_times,
     build_module,
-    load_config,
-    synthetic_loader,
+    workload,
 )
-from lit_gpt_scratch.bench.train import common_arguments, header, resolve_device
-from lit_gpt_scratch.host_memory import keep_freed_memory
+from lit_gpt_scratch.bench.train import common_arguments, print_report, start
 
 
 def loader_alone(loader, batches: int) -> float:
@@ -44,36 +42,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=500, help="batches timed alone")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    device = resolve_device(args.device)
-    keep_freed_memory()  # as fit does
+    device = start(args)
     rows = []
     for path in args.configs:
-        config = load_config(path)
-        block = config["data"]["block_size"]
-        batch = args.batch_size or config["data"]["batch_size"]
-        trainer = config.get("trainer", {})
-        workers = config["data"].get("num_workers", 0) if args.workers is None else args.workers
-        vocab = config["model"]["gpt"]["init_args"]["vocab_size"]
-        loader = synthetic_loader(Path(args.data_dir), vocab, block, batch, workers)
-        alone = loader_alone(loader, args.batches)
+        w = workload(path, Path(args.data_dir), args.batch_size, args.workers)
+        alone = loader_alone(w.loader, args.batches)
         waits: list[float] = []
-        module = build_module(config, compile=False)
-        precision = trainer.get("precision", "32-true")
-        clip = trainer.get("gradient_clip_val")
-        steps = bare_step_times(module, loader, args.steps, precision, device, clip, waits)
+        module = build_module(w.config, compile=False)
+        precision = w.trainer.get("precision", "32-true")
+        clip = w.trainer.get("gradient_clip_val")
+        steps = bare_step_times(module, w.loader, args.steps, precision, device, clip, waits)
         step = statistics.median(steps[args.warmup :])
         wait = statistics.median(waits[args.warmup + 1 :])  # waits[i] belongs to step i
         rows.append(
-            f"| {Path(path).stem} | {workers} | {batch} × {block + 1} | {alone:,.0f} | "
+            f"| {w.name} | {w.loader.num_workers} | {w.batch_size} × {w.block_size + 1} | "
+            f"{alone:,.0f} | "
             f"{1e3 / alone:.2f} | {step * 1e3:,.1f} | {wait * 1e3:.3f} | {wait / step:.2%} |"
         )
-    print(header(argv, "data", device))
-    print(f"alone: {args.batches} batches; in the loop: medians of {args.steps - args.warmup} "
-          f"steps after {args.warmup} warm-up steps\n")  # fmt: skip
-    print("| config | workers | batch (tokens) | alone batches/s | alone ms/batch | step ms |"
-          " wait ms/step | wait share |")  # fmt: skip
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    note = (
+        f"alone: {args.batches} batches; in the loop: medians of {args.steps - args.warmup} "
+        f"steps after {args.warmup} warm-up steps"
+    )
+    columns = ["config", "#workers", "batch (tokens)", "#alone batches/s", "#alone ms/batch",
+               "#step ms", "#wait ms/step", "#wait share"]  # fmt: skip
+    print_report(argv, "data", device, note, columns, rows)
     return 0
 
 

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from lit_gpt_scratch.bench.train import header, resolve_device
+from lit_gpt_scratch.bench.train import print_report, resolve_device
 from lit_gpt_scratch.model.gpt import GPT
 
 SETTINGS = [  # (loss_chunk_size, activation_checkpointing)
@@ -81,14 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['s']:.2f} | {r['loss']:.6f} | {r['grad_norm']:.6f} |"
         )
     logits_mb = args.batch_size * args.block_size * 50257 * 4 / 2**20
-    print(header(argv, "loss_memory", resolve_device(args.device)))
-    print(
+    note = (
         f"one step of a {args.n_layer}-layer, width-{args.d_model} GPT, vocab 50,257, batch "
-        f"{args.batch_size} x {args.block_size} (fp32 logits alone: {logits_mb:,.0f} MiB)\n"
+        f"{args.batch_size} x {args.block_size} (fp32 logits alone: {logits_mb:,.0f} MiB)"
     )
-    print("| loss_chunk_size | activation checkpointing | peak MiB | seconds | loss | grad norm |")
-    print("|---:|---|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    columns = ["#loss_chunk_size", "activation checkpointing", "#peak MiB", "#seconds",
+               "#loss", "#grad norm"]  # fmt: skip
+    print_report(argv, "loss_memory", resolve_device(args.device), note, columns, rows)
     return 0
 
 

@@ -18,11 +18,9 @@ from lit_gpt_scratch.bench.step_timing import (
     bare_step_times,
     build_module,
     lightning_step_times,
-    load_config,
-    synthetic_loader,
+    workload,
 )
-from lit_gpt_scratch.bench.train import common_arguments, header, resolve_device
-from lit_gpt_scratch.host_memory import keep_freed_memory
+from lit_gpt_scratch.bench.train import common_arguments, print_report, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,43 +30,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", choices=["off", "on"], default="off")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    device = resolve_device(args.device)
-    keep_freed_memory()  # as fit does
+    device = start(args)
     rows = []
     for path in args.configs:
-        config = load_config(path)
-        block = config["data"]["block_size"]
-        batch = args.batch_size or config["data"]["batch_size"]
-        trainer = config.get("trainer", {})
-        precision = args.precision or trainer.get("precision", "32-true")
-        clip = trainer.get("gradient_clip_val")
-        vocab = config["model"]["gpt"]["init_args"]["vocab_size"]
-        workers = config["data"].get("num_workers", 0) if args.workers is None else args.workers
-        loader = synthetic_loader(Path(args.data_dir), vocab, block, batch, workers)
+        w = workload(path, Path(args.data_dir), args.batch_size, args.workers)
+        precision = args.precision or w.trainer.get("precision", "32-true")
+        clip = w.trainer.get("gradient_clip_val")
         bare, lightning = [], []
         for _ in range(args.rounds):
-            module = build_module(config, args.compile == "on")
-            bare += bare_step_times(module, loader, args.steps, precision, device, clip)[
+            module = build_module(w.config, args.compile == "on")
+            bare += bare_step_times(module, w.loader, args.steps, precision, device, clip)[
                 args.warmup :
             ]
-            module = build_module(config, args.compile == "on")
+            module = build_module(w.config, args.compile == "on")
             lightning += lightning_step_times(
-                module, loader, args.steps, precision, device.type, trainer
+                module, w.loader, args.steps, precision, device.type, w.trainer
             )[args.warmup :]
         b, lt = statistics.median(bare), statistics.median(lightning)
         rows.append(
-            f"| {Path(path).stem} | {precision} | {args.compile} | {batch} × {block} | "
+            f"| {w.name} | {precision} | {args.compile} | {w.batch_size} × {w.block_size} | "
             f"{b * 1e3:,.1f} | {lt * 1e3:,.1f} | {lt / b - 1:+.1%} |"
         )
-    print(header(argv, "overhead", device))
-    print(
+    note = (
         f"{args.rounds} alternating rounds of {args.steps} steps each side; medians over the "
-        f"steps after {args.warmup} warm-up steps of each round\n"
+        f"steps after {args.warmup} warm-up steps of each round"
     )
-    print("| config | precision | compile | batch | bare loop ms/step | Lightning ms/step |"
-          " overhead |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    columns = ["config", "precision", "compile", "#batch", "#bare loop ms/step",
+               "#Lightning ms/step", "#overhead"]  # fmt: skip
+    print_report(argv, "overhead", device, note, columns, rows)
     return 0
 
 

@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,30 @@ from lit_gpt_scratch.bench.memory import write_data
 from lit_gpt_scratch.data.shards import META
 from lit_gpt_scratch.data.tokens import TokenStream, TrainWindows, WindowSampler
 from lit_gpt_scratch.lit_module import LitGPT
+
+
+@dataclass
+class Workload:
+    """A config's training setup for a benchmark: its sizes and a loader of synthetic tokens."""
+
+    name: str
+    config: dict
+    block_size: int
+    batch_size: int
+    trainer: dict  # the config's trainer section (precision, clipping, logging interval)
+    loader: DataLoader
+
+
+def workload(path: str | Path, data_dir: Path, batch_size: int | None, workers: int | None):
+    """``path``'s config with its batch size and loader processes unless overridden."""
+    config = load_config(path)
+    data = config["data"]
+    batch = batch_size or data["batch_size"]
+    workers = data.get("num_workers", 0) if workers is None else workers
+    vocab = config["model"]["gpt"]["init_args"]["vocab_size"]
+    loader = synthetic_loader(data_dir, vocab, data["block_size"], batch, workers)
+    trainer = config.get("trainer", {})
+    return Workload(Path(path).stem, config, data["block_size"], batch, trainer, loader)
 
 
 def load_config(path: str | Path) -> dict:

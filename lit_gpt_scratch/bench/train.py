@@ -24,9 +24,8 @@ import torch
 from lit_gpt_scratch.bench.step_timing import (
     build_module,
     lightning_step_times,
-    load_config,
     median_after,
-    synthetic_loader,
+    workload,
 )
 from lit_gpt_scratch.bench.tokenize import cpu_model
 from lit_gpt_scratch.callbacks import device_peak_flops, flops_per_token
@@ -47,6 +46,16 @@ def header(argv: list[str], module: str, device: torch.device) -> str:
     )
 
 
+def print_report(argv, module: str, device, note: str, columns: list[str], rows: list[str]):
+    """The benchmark's header (device, versions, command), a note, then its table. Columns
+    whose name starts with "#" are numbers: right-aligned, the "#" dropped."""
+    print(header(argv, module, device))
+    print(f"{note}\n")
+    print("| " + " | ".join(c.lstrip("#") for c in columns) + " |")
+    print("|" + "|".join("---:" if c.startswith("#") else "---" for c in columns) + "|")
+    print("\n".join(rows))
+
+
 def common_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--configs", nargs="+", default=["configs/tiny.yaml"])
@@ -65,44 +74,44 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def start(args) -> torch.device:
+    """The device, set up as ``fit`` sets it up (allocator; TF32 on CUDA, as LitGPT does)."""
+    device = resolve_device(args.device)
+    keep_freed_memory()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(__doc__.split("\n")[0])
     parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
     parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    device = resolve_device(args.device)
-    keep_freed_memory()  # as fit does
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # as LitGPT does on CUDA
+    device = start(args)
     rows = []  # printed at the end, after the Trainer's own output
     for path in args.configs:
-        config = load_config(path)
-        block = config["data"]["block_size"]
-        batch = args.batch_size or config["data"]["batch_size"]
-        trainer = config.get("trainer", {})
-        vocab = config["model"]["gpt"]["init_args"]["vocab_size"]
-        workers = config["data"].get("num_workers", 0) if args.workers is None else args.workers
-        loader = synthetic_loader(Path(args.data_dir), vocab, block, batch, workers)
+        w = workload(path, Path(args.data_dir), args.batch_size, args.workers)
+        batch, block = w.batch_size, w.block_size
         for compile in args.compile:
             for precision in args.precision:
-                module = build_module(config, compile == "on")
+                module = build_module(w.config, compile == "on")
                 times = lightning_step_times(
-                    module, loader, args.steps, precision, device.type, trainer
+                    module, w.loader, args.steps, precision, device.type, w.trainer
                 )
                 step = median_after(times, args.warmup)
                 rate = batch * block / step
                 peak = device_peak_flops(device)
                 mfu = f"{rate * flops_per_token(module.gpt) / peak:.1%}" if peak else "n/a"
                 rows.append(
-                    f"| {Path(path).stem} | {module.gpt.num_params() / 1e6:.1f}M | {precision} "
+                    f"| {w.name} | {module.gpt.num_params() / 1e6:.1f}M | {precision} "
                     f"| {compile} | {batch} × {block} | {step * 1e3:,.0f} | {rate:,.0f} | {mfu} |"
                 )
-    print(header(argv, "train", device))
-    print(f"median of {args.steps - args.warmup} steps after {args.warmup} warm-up steps\n")
-    print("| config | parameters | precision | compile | batch | step ms | tokens/s | MFU |")
-    print("|---|---:|---|---|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    note = f"median of {args.steps - args.warmup} steps after {args.warmup} warm-up steps"
+    columns = ["config", "#parameters", "precision", "compile", "#batch", "#step ms",
+               "#tokens/s", "#MFU"]  # fmt: skip
+    print_report(argv, "train", device, note, columns, rows)
     return 0
 
 
