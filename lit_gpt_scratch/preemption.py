@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.run_checkpoint import RunCheckpoint
+from lit_gpt_scratch.run_checkpoint import RunCheckpoint, last_path_of
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,10 @@ class StopOnSignal(L.Callback):
 
 
 def last_checkpoint_path(trainer) -> str:
-    """Where ModelCheckpoint keeps ``last.ckpt`` (``--ckpt_path last`` looks there)."""
+    """The ``last.ckpt`` of the run's ModelCheckpoint, or one beside the run without one."""
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-        name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
-        return str(Path(callback.dirpath) / name)
+        return str(last_path_of(callback))
     return str(Path(trainer.default_root_dir) / "last.ckpt")
 
 

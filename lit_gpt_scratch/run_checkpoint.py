@@ -16,6 +16,11 @@ from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.runs import rotate_last
 
 
+def last_path_of(callback: ModelCheckpoint) -> Path:
+    """Where a ModelCheckpoint keeps ``last.ckpt`` (``--ckpt_path last`` looks there)."""
+    return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+
+
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint keeping ``keep_last`` last checkpoints: ``last.ckpt`` and the
     ``keep_last - 1`` before it, as ``last-1.ckpt``, ``last-2.ckpt``...
@@ -33,7 +38,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     @property
     def last_path(self) -> Path:
-        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        return last_path_of(self)
 
     def save_last_now(self, trainer) -> Path:
         """Save ``last.ckpt`` at the current step, outside the usual schedule (on a signal)."""

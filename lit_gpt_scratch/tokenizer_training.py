@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from lit_gpt_scratch.data.prepare import is_val_document
 from lit_gpt_scratch.data.sources import plan_sources, replace_surrogates
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.tokenizer import EOT, GPT4_SPLIT_PATTERN, gpt2_byte_alphabet, load_tokenizer
@@ -127,8 +128,7 @@ class _Corpus:
     """The training documents: non-empty, not held out for val, up to ``max_bytes``."""
 
     def __init__(self, chunks, val_fraction: float, max_bytes: int | None):
-        self.chunks, self.max_bytes = chunks, max_bytes
-        self.val_every = round(1 / val_fraction) if val_fraction else 0
+        self.chunks, self.val_fraction, self.max_bytes = chunks, val_fraction, max_bytes
         self.documents = self.bytes = 0
 
     def texts(self) -> Iterator[str]:
@@ -137,7 +137,7 @@ class _Corpus:
             for doc in chunk.documents():
                 if not doc.text:
                     continue
-                held_out = self.val_every and index % self.val_every == 1
+                held_out = self.val_fraction and is_val_document(index, self.val_fraction)
                 index += 1
                 if held_out:
                     continue

@@ -133,12 +133,18 @@ def prepare_from_config(data: dict, progress: bool = True) -> dict:
     return prepare(**{k: v for k, v in data.items() if k in options}, progress=progress)
 
 
+def is_val_document(doc_index, val_fraction: float):
+    """The val rule: document ``i`` (counting non-empty documents from 0) is held out when
+    ``i % round(1 / val_fraction) == 1``. Works on an int or on an array of indices."""
+    return doc_index % round(1 / val_fraction) == 1
+
+
 class _Run:
     """One pass over the chunks, resumable from a checkpoint ``state``."""
 
     def __init__(self, out: Path, tok: Tokenizer, writers, val_fraction, settings, state):
         self.out, self.tok, self.writers, self.settings = out, tok, writers, settings
-        self.val_every = round(1 / val_fraction)
+        self.val_fraction = val_fraction
         if state is None:
             _remove_outputs(out, remove_dir=False)  # strays from a run killed before its 1st sync
             self.next_chunk = 0
@@ -181,7 +187,7 @@ class _Run:
     def _route(self, result: ChunkTokens) -> None:
         """Send each document of the chunk to train or val, keeping document order."""
         doc_index = self.documents + np.arange(len(result.doc_lengths))
-        is_val = doc_index % self.val_every == 1
+        is_val = is_val_document(doc_index, self.val_fraction)
         ends = np.cumsum(result.doc_lengths)
         starts = ends - result.doc_lengths
         pos = 0
