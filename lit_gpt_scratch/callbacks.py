@@ -1,6 +1,8 @@
-"""Training callbacks: throughput/MFU and generated text samples in TensorBoard.
+"""Training callbacks: throughput/MFU and generated text samples in TensorBoard, and a
+progress bar that does not stall the GPU.
 
-Both appear at the top level of a training config (``throughput:``, ``samples:``).
+The first two appear at the top level of a training config (``throughput:``, ``samples:``);
+the progress bar replaces Lightning's default one.
 """
 
 from __future__ import annotations
@@ -9,15 +11,19 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 # Dense bf16 peak FLOP/s by GPU name; MFU is logged only for these (on CPU: n/a, not logged).
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 
 def flops_per_token(gpt) -> float:
-    """Training FLOPs per token: 6N for the weights + 12·L·H·Q·T for attention (PaLM, nanoGPT)."""
+    """Training FLOPs per token, as nanoGPT and PaLM count them: 6N for the weights (forward
+    and backward) + 12·L·H·Q·T for attention. N counts the rows the head computes, padding
+    included, but not a position table (a lookup, no matmul). GPT-2 124M: 855.4M per token."""
     attn = gpt.blocks[0].attn
-    n_params = gpt.num_params()
+    lookups = sum(p.numel() for p in gpt.position.parameters())
+    n_params = gpt.num_params(padding=True) - lookups
     return 6 * n_params + 12 * gpt.n_layer * attn.n_head * attn.head_size * gpt.block_size
 
 
@@ -132,3 +138,30 @@ class TextSamples(L.Callback):
         if hasattr(experiment, "add_text"):
             # Markdown: a code block keeps indentation and newlines as they are
             experiment.add_text("samples", f"```\n{text}\n```", global_step=step)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, showing ``train/loss`` as read on the steps where Lightning reads
+    the logged metrics for the logger anyway (every ``log_every_n_steps``).
+
+    A metric logged with ``prog_bar=True`` is read (``.item()``) after every step, and on a GPU
+    each read makes the host wait for the device. So the loss is logged without it, and this
+    bar reads it at the logging steps only. The step count still moves every step.
+    """
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            metrics["train/loss"] = f"{loss.item():.3f}"
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        bar, n = self.train_progress_bar, batch_idx + 1
+        if bar is None or bar.disable or (n % self.refresh_rate and n != bar.total):
+            return
+        bar.n = n
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or n == bar.total:
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # also refreshes
+        else:
+            bar.refresh()

@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
+from lit_gpt_scratch.callbacks import ProgressBar, TextSamples, TokenThroughput
 from lit_gpt_scratch.checkpoint import (
     check_weights_fit,
     is_weights_only,
@@ -134,6 +135,13 @@ class LitGPTCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, RunCheckpoint)]
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        # Our progress bar, unless the config names one: the stock bar syncs with the GPU
+        # at every step to show the loss.
+        given = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, LightningProgressBar) for c in given
+        ):
+            callbacks = [*callbacks, ProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:

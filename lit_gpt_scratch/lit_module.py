@@ -10,12 +10,13 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from lit_gpt_scratch.errors import Diverged, UserError
 from lit_gpt_scratch.model.gpt import GPT
-from lit_gpt_scratch.optim import AdamW
+from lit_gpt_scratch.optim import AdamW, skips_on_device
 from lit_gpt_scratch.rng import all_ranks_rng_states, restore_rank_rng_states
 from lit_gpt_scratch.schedules import WarmupCosineLR
 
@@ -33,8 +34,11 @@ class LitGPT(L.LightningModule):
         compile: ``torch.compile`` the GPT in place (state-dict keys unchanged). None: on CUDA.
         nonfinite: What a non-finite gradient norm (a NaN or inf loss gives one too) does:
             ``skip`` leaves the weights and optimizer state untouched for that step (the batch
-            counts as used); ``stop`` ends the run with exit code 3, the weights as they were
-            before the step. Every rank takes the same decision.
+            counts as used); ``stop`` skips it too and ends the run with exit code 3, saving
+            no checkpoint after the step. Every rank takes the same decision. With a fused
+            optimizer (the default AdamW) the skip happens on the device and the flags are read
+            every ``log_every_n_steps`` and before each save, so a stop comes at most that
+            many steps later; other optimizers read the flag every step (a host sync).
         max_consecutive_skips: Stop, as ``stop`` would, after this many non-finite steps in a
             row: the run has diverged, not hit one bad batch.
     """
@@ -61,6 +65,9 @@ class LitGPT(L.LightningModule):
         self.nonfinite, self.max_consecutive_skips = nonfinite, max_consecutive_skips
         self.consecutive_skips = 0
         self.skipped_steps = 0
+        self._pending_checks: list[tuple[int, torch.Tensor]] = []  # (step, non-finite flag)
+        self._skips_to_log = False
+        self._grad_norm: torch.Tensor | None = None  # this step's, before clipping
 
     def configure_model(self) -> None:
         # Ask the strategy: the module may not be on its device yet.
@@ -88,7 +95,9 @@ class LitGPT(L.LightningModule):
         if hasattr(datamodule, "mark_batch_consumed"):
             datamodule.mark_batch_consumed()
         loss = self._loss(batch)
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        # Not prog_bar=True: Lightning would read it (a host sync) after every step.
+        # callbacks.ProgressBar shows it at the logging steps instead.
+        self.log("train/loss", loss, on_step=True)
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -119,6 +128,7 @@ class LitGPT(L.LightningModule):
     # --- exact resume: random number generators, the divergence guard's counts ---------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_nonfinite_steps()  # a stopped run saves nothing past its bad step
         # Diverged weights never replace a good checkpoint.
         bad = next((n for n, p in self.gpt.named_parameters() if not p.isfinite().all()), None)
         if bad is not None:
@@ -144,46 +154,99 @@ class LitGPT(L.LightningModule):
     # --- gradient norm and the divergence guard -------------------------------------------------
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        optimizer.__dict__.pop("found_inf", None)  # last step's flag (a GradScaler sets its own)
+        self._grad_norm = None
         grads = [p.grad for p in self.gpt.parameters() if p.grad is not None]
         if not grads:
             return
-        # Before clipping: the norm the update would have had.
-        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        # Before clipping: the norm the update would have had. Clipping reuses it.
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self._grad_norm = norm
+        self.log("train/grad_norm", norm, on_step=True)  # read at log steps only
         if self.trainer.precision == "16-mixed":  # the GradScaler skips overflowed steps itself
-            self.log("train/grad_norm", norm, on_step=True)
             return
-        # One host sync per optimizer step. Under DDP the gradients are already averaged, so
-        # every rank sees the same norm; sharded (FSDP) gradients need the reduction.
-        finite = torch.isfinite(norm).float()
+        # Under DDP the gradients are already averaged, so every rank sees the same norm;
+        # sharded (FSDP) gradients need the reduction. All of it stays on the device.
+        bad = (~torch.isfinite(norm)).float()  # () 1.0: skip this update
         if self.trainer.world_size > 1:
-            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
-        if finite.item():
-            self.consecutive_skips = 0
-            self.log("train/grad_norm", norm, on_step=True)
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        self._pending_checks.append((self.trainer.global_step, bad))
+        if skips_on_device(optimizer):
+            optimizer.found_inf = bad  # the fused kernel skips the update when it is 1
             return
-        self._on_nonfinite(optimizer)
-
-    def _on_nonfinite(self, optimizer) -> None:
-        step = self.trainer.global_step
-        self.consecutive_skips += 1
-        if self.nonfinite == "stop" or self.consecutive_skips > self.max_consecutive_skips:
-            why = (
-                "model.nonfinite is stop"
-                if self.nonfinite == "stop"
-                else f"{self.consecutive_skips} steps in a row"
-            )
-            raise Diverged(
-                f"non-finite gradient norm at step {step} ({why}): the run stopped before "
-                "this update, and its checkpoints hold weights from before it"
-            )
+        # Any other optimizer: read the flag now (one host sync per step) and skip by hand.
         # AdamW leaves a parameter whose gradient is None untouched: no update, no moment
         # decay, no weight decay. The scheduler and the step count still advance.
-        for param_group in optimizer.param_groups:
-            for p in param_group["params"]:
-                p.grad = None
-        self.skipped_steps += 1
-        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
-        rank_zero_warn(f"non-finite gradient norm at step {step}: update skipped")
+        if self.check_nonfinite_steps():
+            for param_group in optimizer.param_groups:
+                for p in param_group["params"]:
+                    p.grad = None
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip with the norm already computed above, on the device. Lightning's own clipping
+        under bf16-mixed refuses fused optimizers, a rule meant for fp16's scaled gradients:
+        bf16 gradients are not scaled. fp16 and sharded (FSDP) runs keep Lightning's path."""
+        if not gradient_clip_val:
+            return
+        ours = self.trainer.precision != "16-mixed" and not isinstance(
+            self.trainer.strategy, FSDPStrategy
+        )
+        if ours and (gradient_clip_algorithm or "norm") == "norm" and self._grad_norm is not None:
+            params = [p for p in self.gpt.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, self._grad_norm)
+        elif ours and gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.gpt.parameters(), gradient_clip_val)
+        elif self.trainer.precision == "16-mixed" and skips_on_device(optimizer):
+            raise UserError(
+                "trainer.gradient_clip_val with trainer.precision 16-mixed needs an optimizer "
+                "that is not fused: set model.optimizer.init_args.fused: false"
+            )
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # The flags are read when Lightning reads its logged metrics anyway (one host sync per
+        # log_every_n_steps), and before any checkpoint is saved (on_save_checkpoint).
+        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.check_nonfinite_steps()
+        if self._skips_to_log:  # here: on_save_checkpoint, which may read them, cannot log
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+            self._skips_to_log = False
+
+    def on_train_end(self) -> None:
+        self.check_nonfinite_steps()
+
+    def check_nonfinite_steps(self) -> bool:
+        """Read the steps' pending non-finite flags: count skips, warn, and raise ``Diverged``
+        under ``nonfinite: stop`` or after too many in a row. True if the newest was skipped."""
+        if not self._pending_checks:
+            return False
+        steps = [step for step, _ in self._pending_checks]
+        flags = torch.stack([bad for _, bad in self._pending_checks]).tolist()  # one sync
+        self._pending_checks.clear()
+        skipped = [step for step, bad in zip(steps, flags, strict=True) if bad]
+        for step, bad in zip(steps, flags, strict=True):
+            self.consecutive_skips = self.consecutive_skips + 1 if bad else 0
+            if bad and (
+                self.nonfinite == "stop" or self.consecutive_skips > self.max_consecutive_skips
+            ):
+                why = (
+                    "model.nonfinite is stop"
+                    if self.nonfinite == "stop"
+                    else f"{self.consecutive_skips} steps in a row"
+                )
+                raise Diverged(
+                    f"non-finite gradient norm at step {step} ({why}): the update was skipped, "
+                    "the run stopped, and its checkpoints hold weights from before that step"
+                )
+        if skipped:
+            self.skipped_steps += len(skipped)
+            self._skips_to_log = True
+            listed = ", ".join(map(str, skipped))
+            rank_zero_warn(f"non-finite gradient norm at step {listed}: update skipped")
+        return bool(flags[-1])
 
     def configure_optimizers(self):
         optimizer, scheduler = self.build_optimizer(self.trainer.estimated_stepping_batches)

@@ -3,6 +3,7 @@ reaches the weights or a checkpoint."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import LOREM, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -28,8 +29,23 @@ def last_checkpoint(tmp_path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_skip_leaves_weights_and_optimizer_as_they_were(tmp_path, cli):
-    args = run_args(tmp_path, **{"trainer.max_steps": "3", "checkpoint.every_n_train_steps": "0"})
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "true",  # fused AdamW: skipped on the device (found_inf), flag read later
+        "false",  # foreach AdamW: flag read at once, gradients dropped
+    ],
+    ids=["fused", "foreach"],
+)
+def test_skip_leaves_weights_and_optimizer_as_they_were(tmp_path, cli, optimizer):
+    args = run_args(
+        tmp_path,
+        **{
+            "trainer.max_steps": "3",
+            "checkpoint.every_n_train_steps": "0",
+            "model.optimizer.init_args.fused": optimizer,
+        },
+    )
     # Steps 0, 1 train; step 2's gradient is NaN: its update must change nothing at all.
     skipped = cli("fit", *args, nan_config(tmp_path, 2))
     assert skipped.returncode == 0, skipped.stderr
@@ -67,6 +83,26 @@ def test_stop_policy_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, cli):
     ckpt = last_checkpoint(tmp_path)
     assert ckpt["global_step"] == 4
     assert all(v.isfinite().all() for v in ckpt["state_dict"].values())
+
+
+def test_stop_between_logging_steps_comes_before_the_next_checkpoint(tmp_path, cli):
+    # The flags are read every 4 steps: the NaN of step 5 is read when step 6's checkpoint
+    # is about to be saved (before the logging step 8), and that save never happens.
+    args = run_args(tmp_path, **{"model.nonfinite": "stop", "trainer.log_every_n_steps": "4"})
+    result = cli("fit", *args, nan_config(tmp_path, 5))
+    assert result.returncode == 3
+    assert "non-finite gradient norm at step 5 (model.nonfinite is stop)" in result.stderr
+    assert last_checkpoint(tmp_path)["global_step"] == 4
+
+
+def test_skips_between_logging_steps_are_counted_and_warned_at_the_next_read(tmp_path, cli):
+    args = run_args(
+        tmp_path, **{"trainer.log_every_n_steps": "4", "checkpoint.every_n_train_steps": "0"}
+    )
+    with pytest.warns(UserWarning, match="non-finite gradient norm at step 1: update skipped"):
+        result = cli("fit", *args, nan_config(tmp_path, 1))
+    assert result.returncode == 0, result.stderr
+    assert last_checkpoint(tmp_path)["skipped_steps"] == [1, 0]
 
 
 def test_a_diverged_run_stops_after_max_consecutive_skips(tmp_path, cli):

@@ -56,7 +56,9 @@ def test_every_config_builds_with_its_parameter_count(config):
 
 def test_124m_is_gpt2_small():
     model = build_gpt(gpt_section(CONFIGS[0].with_name("124m.yaml")), device="meta")
-    assert (len(model.blocks), model.block_size, model.wte.weight.shape) == (12, 1024, (50257, 768))
+    assert (len(model.blocks), model.block_size, model.vocab_size) == (12, 1024, 50257)
+    assert model.wte.weight.shape == (50304, 768)  # padded to a multiple of 64 by default
+    assert model.num_params(padding=True) == 124_439_808 + 47 * 768
     block = model.blocks[0]
     assert isinstance(block.attn, CausalSelfAttention) and block.attn.n_head == 12
     assert isinstance(block.mlp, GeluMLP) and block.mlp.c_fc.out_features == 3072
@@ -129,10 +131,20 @@ def test_tied_and_untied_heads():
     assert tied.lm_head.weight is tied.wte.weight
     assert untied.lm_head.weight is not untied.wte.weight
     assert untied.num_params() - tied.num_params() == 97 * 32
+    # padding: 128 - 97 rows in each table, counted only on request
+    assert untied.num_params(padding=True) - untied.num_params() == 2 * 31 * 32
+
+
+def test_flops_per_token_is_nanogpts_figure_for_gpt2_small():
+    from lit_gpt_scratch.callbacks import flops_per_token
+
+    model = build_gpt(gpt_section(CONFIGS[0].with_name("124m.yaml")), device="meta")
+    # 6 * (124,475,904 weights with padding - 786,432 position rows) + 12*12*12*64*1024
+    assert flops_per_token(model) == 855_383_040  # the "about 855 MFLOP"
 
 
 def test_vocab_padding_is_invisible_to_logits_loss_and_sampling():
-    model = small(vocab_multiple=64)
+    model = small()  # vocab_multiple 64 by default
     assert model.padded_vocab_size == 128 and model.wte.weight.shape == (128, 32)
     with torch.no_grad():
         model.lm_head.weight[97:] = 100.0  # padded rows that would win every argmax

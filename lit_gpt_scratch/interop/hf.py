@@ -116,11 +116,19 @@ def gpt_from_hf(hf_model) -> tuple[GPT, dict]:
     spec = spec_from_hf(hf_model.config)
     model = build_gpt(spec)
     ours = _to_ours(hf_model.config.model_type, hf_model.state_dict(), model)
+    for key in ("wte.weight", "lm_head.weight"):  # vocab_multiple's rows: never used, zeros
+        if key in ours:
+            ours[key] = _pad_rows(ours[key], model.padded_vocab_size)
     missing, unexpected = model.load_state_dict(ours, strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not model_is_tied(model)]
     if missing or unexpected:
         raise UserError(f"weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model, spec
+
+
+def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    missing = rows - weight.size(0)
+    return torch.cat([weight, weight.new_zeros(missing, weight.size(1))]) if missing else weight
 
 
 def model_is_tied(model: GPT) -> bool:

@@ -58,8 +58,9 @@ class GPT(nn.Module):
         norm: Factory ``(d_model) -> Norm``, used before each sublayer and at the end.
         position: Factory ``(d_model, n_head, block_size) -> Position``.
         tie_embeddings: Share one matrix between the token embedding and the LM head.
-        vocab_multiple: Pad the embedding and head to a multiple of this many rows (64 is
-            faster on GPUs). Padded ids never get probability and are never targets.
+        vocab_multiple: Pad the embedding and head to a multiple of this many rows: 50,257
+            becomes 50,304, whose matmuls suit GPU tensor cores. Padded ids never get
+            probability and are never targets, and ``num_params`` leaves them out.
         init_std: Std of the normal init of linear and embedding weights; the residual output
             projections (``c_proj``) get ``init_std / sqrt(2 * n_layer)``.
         activation_checkpointing: In training, keep only each block's input and recompute the
@@ -86,7 +87,7 @@ class GPT(nn.Module):
         norm: Callable[[int], Norm] = LayerNorm,
         position: Callable[[int, int, int], Position] = LearnedPosition,
         tie_embeddings: bool = True,
-        vocab_multiple: int = 1,
+        vocab_multiple: int = 64,
         init_std: float = 0.02,
         activation_checkpointing: bool = False,
         loss_chunk_size: int = 0,
@@ -179,9 +180,15 @@ class GPT(nn.Module):
         """Empty key/value caches, one per block, for ``max_len`` slots."""
         return [block.attn.new_cache(batch, max_len) for block in self.blocks]
 
-    def num_params(self) -> int:
-        """Parameters, each counted once (a tied head adds none)."""
-        return sum(p.numel() for p in self.parameters())
+    def num_params(self, padding: bool = False) -> int:
+        """Parameters, each counted once (a tied head adds none). Without ``padding``, the
+        never-used rows that ``vocab_multiple`` adds are left out: GPT-2 small is 124,439,808."""
+        total = sum(p.numel() for p in self.parameters())
+        if padding:
+            return total
+        unused_rows = self.padded_vocab_size - self.vocab_size
+        tables = 1 if self.lm_head.weight is self.wte.weight else 2
+        return total - unused_rows * self.wte.embedding_dim * tables
 
 
 def _counted(targets: torch.Tensor) -> torch.Tensor:
