@@ -116,7 +116,7 @@ def lightning_step_times(
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lit_gpt_scratch.callbacks import TokenThroughput
+    from lit_gpt_scratch.callbacks import ProgressBar, TokenThroughput
 
     ends = _StepEnds()
     with tempfile.TemporaryDirectory() as logs:
@@ -132,7 +132,7 @@ def lightning_step_times(
             enable_model_summary=False,
             use_distributed_sampler=False,
             logger=TensorBoardLogger(logs, name="bench"),
-            callbacks=[TokenThroughput(), LearningRateMonitor("step"), ends],
+            callbacks=[TokenThroughput(), LearningRateMonitor("step"), ProgressBar(), ends],
             log_every_n_steps=trainer_config.get("log_every_n_steps", 50),
         )
         trainer.fit(module, train_dataloaders=loader)
