@@ -32,10 +32,11 @@ def test_train_reports_tokens_per_second_without_inventing_mfu(fast, capsys):
 
 
 def test_overhead_compares_lightning_with_the_bare_loop(fast, capsys):
+    # the config's precision by default: bf16-mixed for tiny
     assert overhead.main([*fast, "--rounds", "1"]) == 0
     [row] = table_rows(capsys.readouterr().out)
     assert re.fullmatch(
-        r"\| tiny \| 32-true \| off \| 2 × 256 \| [\d.,]+ \| [\d.,]+ \| [+-][\d.]+% \|", row
+        r"\| tiny \| bf16-mixed \| off \| 2 × 256 \| [\d.,]+ \| [\d.,]+ \| [+-][\d.]+% \|", row
     )
 
 
