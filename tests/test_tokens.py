@@ -214,6 +214,8 @@ def test_resume_takes_the_checkpoint_seed(caplog):
     assert take(iter(other), 10) == take(iter(sampler), 10)
 
 
+# 1000 tokens, windows of 9: 110 slots. An epoch of 2 x 4 uses 104 of them, of 1 x 4 or 2 x 2
+# 108: the layouts' epochs end at different windows, so neither continues exactly.
 @pytest.mark.parametrize(("world_size", "batch_size"), [(1, 4), (2, 2)])
 def test_other_world_size_or_batch_size_is_refused(world_size, batch_size):
     saved = WindowSampler(1000, 9, 4, seed=3, rank=0, world_size=2)
@@ -222,25 +224,43 @@ def test_other_world_size_or_batch_size_is_refused(world_size, batch_size):
     with pytest.raises(
         UserError,
         match=rf"is for world_size 2 and batch_size 4, this run has world_size {world_size} "
-        rf"and batch_size {batch_size}: .*data\.allow_approximate_resume",
+        rf"and batch_size {batch_size}, which cannot continue at the same window: keep "
+        r"world_size x batch_size, or set data\.allow_approximate_resume: true",
     ):
         new.load_state_dict(saved.state_dict())
 
 
-def test_approximate_resume_continues_at_the_same_share_of_the_epoch(caplog):
-    """2 ranks x 4 windows, 3 batches consumed = 24 windows = 3 batches of 1 rank x 8."""
+@pytest.mark.parametrize(("world_size", "batch_size"), [(1, 8), (4, 2), (8, 1)])
+def test_the_same_global_batch_resumes_exactly_on_another_layout(world_size, batch_size, caplog):
+    """2 ranks x 4 windows, 3 batches consumed = 24 windows: any layout of 8 windows per step
+    continues at the next window of the permutation, with no option and no warning."""
     old = [WindowSampler(1000, 9, 4, seed=3, rank=r, world_size=2) for r in range(2)]
     seen = [s for sampler in old for batch in take(iter(sampler), 3) for s in batch]
     old[0].mark_consumed(3)
-    new = WindowSampler(1000, 9, 8, seed=3, allow_approximate_resume=True)
+    new = [
+        WindowSampler(1000, 9, batch_size, seed=3, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
     with caplog.at_level(logging.WARNING):
-        new.load_state_dict(old[0].state_dict())
-    assert "approximate data resume: world_size 2, batch_size 4 -> 1, 8" in caplog.text
-    assert (new.epoch, new.index) == (0, 3)
-    rest = [s for batch in take(iter(new), new.batches_per_epoch - 3) for s in batch]
+        for sampler in new:
+            sampler.load_state_dict(old[0].state_dict())
+    assert "approximate" not in caplog.text
+    steps_left = new[0].batches_per_epoch - new[0].index
+    rest = [s for sampler in new for batch in take(iter(sampler), steps_left) for s in batch]
     assert not set(seen) & set(rest)  # nothing seen twice, nothing skipped
     whole_epoch = [s for batch in epoch_of(WindowSampler(1000, 9, 8, seed=3)) for s in batch]
     assert sorted(seen + rest) == sorted(whole_epoch)
+
+
+def test_approximate_resume_continues_at_the_same_share_of_the_epoch(caplog):
+    """24 windows consumed by 2 x 4 are 4.8 batches of 1 x 5: continue at batch 4."""
+    old = WindowSampler(1000, 9, 4, seed=3, rank=0, world_size=2)
+    old.mark_consumed(3)
+    new = WindowSampler(1000, 9, 5, seed=3, allow_approximate_resume=True)
+    with caplog.at_level(logging.WARNING):
+        new.load_state_dict(old.state_dict())
+    assert "approximate data resume: world_size 2, batch_size 4 -> 1, 5" in caplog.text
+    assert (new.epoch, new.index) == (0, 4)
 
 
 def test_too_small_for_one_batch_is_an_error():

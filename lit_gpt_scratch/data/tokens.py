@@ -180,7 +180,10 @@ class WindowSampler(Sampler[list[int]]):
         seed: Base seed of the epoch permutations.
         rank, world_size: This process's share of each epoch.
         allow_approximate_resume: Accept a state saved with another ``world_size`` or
-            ``batch_size``, continuing at the same share of the epoch (to within one batch).
+            ``batch_size`` that cannot continue at the very next window, continuing at the same
+            share of the epoch (to within one batch). Without it such a state is refused; a
+            layout that can continue exactly (for example 2 ranks x 4 saved, 1 rank x 8 or
+            4 ranks x 2 resuming) needs nothing.
     """
 
     def __init__(
@@ -248,13 +251,19 @@ class WindowSampler(Sampler[list[int]]):
     def load_state_dict(self, state: dict) -> None:
         """Continue at the consumed position of ``state``; the next ``__iter__`` starts there."""
         saved = (state["world_size"], state["batch_size"])
-        if saved == (self.world_size, self.batch_size):
-            consumed = state["index"]
+        # All ranks together consumed the first `windows` entries of the epoch's permutation,
+        # whatever the striding, so another layout continues exactly where this one stopped
+        # if it splits that prefix into whole batches and its epochs hold as many windows.
+        windows = state["index"] * state["batch_size"] * state["world_size"]
+        per_step, saved_per_step = self.batch_size * self.world_size, saved[0] * saved[1]
+        same_epochs = (
+            self.num_slots // saved_per_step * saved_per_step
+            == self.num_slots // per_step * per_step
+        )
+        if saved == (self.world_size, self.batch_size) or (windows % per_step == 0 and same_epochs):
+            consumed = windows // per_step
         elif self.allow_approximate_resume:
-            # All ranks together consumed the first `windows` entries of the epoch's permutation,
-            # whatever the striding, so the same count continues at (nearly) the same windows.
-            windows = state["index"] * state["batch_size"] * state["world_size"]
-            consumed = windows // (self.batch_size * self.world_size)
+            consumed = windows // per_step
             log.warning(
                 "approximate data resume: world_size %d, batch_size %d -> %d, %d: %d windows of "
                 "epoch %d consumed, continuing at batch %d (under one batch of windows seen twice)",
@@ -269,7 +278,8 @@ class WindowSampler(Sampler[list[int]]):
             raise UserError(
                 f"the checkpoint's data position is for world_size {saved[0]} and batch_size "
                 f"{saved[1]}, this run has world_size {self.world_size} and batch_size "
-                f"{self.batch_size}: use the same, or set data.allow_approximate_resume: true"
+                f"{self.batch_size}, which cannot continue at the same window: keep "
+                "world_size x batch_size, or set data.allow_approximate_resume: true"
             )
         if state["seed"] != self.seed:
             log.warning(
