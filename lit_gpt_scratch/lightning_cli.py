@@ -62,6 +62,21 @@ class LitGPTCLI(LightningCLI):
         parser.add_lightning_class_args(TextSamples, "samples")
         parser.add_lightning_class_args(StopOnSignal, "preemption")
         parser.link_arguments("data.block_size", "model.gpt.init_args.block_size")
+        parser.add_argument(
+            "--global_batch_size",
+            type=int | None,
+            default=None,
+            help="Windows per optimizer step, all devices together. Set, it fixes "
+            "trainer.accumulate_grad_batches to global_batch_size / (data.batch_size x "
+            "devices x nodes), so the recipe stays the same on any number of GPUs.",
+        )
+        parser.add_argument(
+            "--val_every_n_steps",
+            type=int | None,
+            default=None,
+            help="Validate every this many optimizer steps, whatever the accumulation "
+            "(instead of trainer.val_check_interval, which counts batches per device).",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything reads it.
@@ -145,8 +160,12 @@ class LitGPTCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
-        """``--ckpt_path`` to a weights-only checkpoint (``import_hf``'s) starts a fine-tune:
-        the weights load into the configured model; optimizer and step count start fresh."""
+        """``global_batch_size`` sets the accumulation and ``val_every_n_steps`` the
+        validation interval in batches. ``--ckpt_path`` to a weights-only
+        checkpoint (``import_hf``'s) starts a fine-tune: the weights load into the configured
+        model; optimizer and step count start fresh."""
+        self._accumulate_for_global_batch()
+        self._validate_every_n_steps()
         logger = self.trainer.logger
         if self.resume_step is not None and isinstance(logger, TensorBoardLogger):
             # TensorBoard drops the folder's events at steps >= purge_step, the ones logged
@@ -160,6 +179,45 @@ class LitGPTCLI(LightningCLI):
             load_weights(self.model.gpt, ckpt, path)
             config["ckpt_path"] = None
             rank_zero_info(f"starting from the weights in {path} (fresh optimizer and step count)")
+
+    def _accumulate_for_global_batch(self) -> None:
+        config = self.config[self.subcommand]
+        global_batch = config.get("global_batch_size")
+        if global_batch is None:
+            return
+        per_device, world = config.data.batch_size, self.trainer.world_size
+        accumulate, rest = divmod(global_batch, per_device * world)
+        if global_batch < 1 or rest or not accumulate:
+            raise UserError(
+                f"global_batch_size {global_batch} is not a multiple of data.batch_size "
+                f"{per_device} x {world} devices = {per_device * world}: change data.batch_size"
+            )
+        given = config.trainer.accumulate_grad_batches
+        if given not in (1, accumulate):
+            raise UserError(
+                f"trainer.accumulate_grad_batches {given} contradicts global_batch_size "
+                f"{global_batch} ({per_device} x {world} devices x {accumulate}): set only one"
+            )
+        self.trainer.accumulate_grad_batches = accumulate
+        rank_zero_info(
+            f"global batch {global_batch} windows = data.batch_size {per_device} x {world} "
+            f"devices x {accumulate} accumulated"
+        )
+
+    def _validate_every_n_steps(self) -> None:
+        config = self.config[self.subcommand]
+        steps = config.get("val_every_n_steps")
+        if steps is None:
+            return
+        if steps < 1:
+            raise UserError(f"val_every_n_steps must be at least 1, got {steps}")
+        if config.trainer.val_check_interval is not None:
+            raise UserError(
+                f"val_every_n_steps {steps} and trainer.val_check_interval "
+                f"{config.trainer.val_check_interval} both set: set only one"
+            )
+        # Read by the fit loop when fit starts: batches per device between validations.
+        self.trainer.val_check_interval = steps * self.trainer.accumulate_grad_batches
 
     def _checkpoint_that_fits(self) -> dict | None:
         """The --ckpt_path file's dict, after checking its tensors fit the configured model."""
