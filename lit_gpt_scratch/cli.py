@@ -165,6 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if not peer_stopped(e):
+            raise
+        # Another rank stopped (its own error line is above): say so, not a gloo traceback.
+        print("error: another process of this run stopped: see its error above", file=sys.stderr)
+        return 1
+
+
+# How gloo and NCCL report a peer process that exited while this one waited on it.
+PEER_STOPPED = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator")
+
+
+def peer_stopped(error: RuntimeError) -> bool:
+    return type(error).__name__ == "DistBackendError" or any(
+        phrase in str(error) for phrase in PEER_STOPPED
+    )
 
 
 def one_line(message: str) -> str:
