@@ -24,6 +24,7 @@ from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.gpt import GPT
 
 PREFIX = "gpt."
+SHARDED_META = "meta.pt"  # Lightning's FSDPStrategy writes the non-tensor state here
 DEFAULT_TOKENIZER = "gpt2"
 
 
@@ -34,19 +35,47 @@ class LoadedGPT:
     tokenizer: str  # tokenizer spec recorded in the checkpoint, or gpt2
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint file's dict (tensors on the CPU); UserError if missing or damaged."""
+def is_sharded(path: str | Path) -> bool:
+    """A sharded checkpoint (FSDP's ``state_dict_type: sharded``): a directory of
+    torch.distributed.checkpoint files plus ``meta.pt``, the rest of Lightning's dict."""
     path = Path(path)
+    return path.is_dir() and (path / SHARDED_META).is_file() and (path / ".metadata").is_file()
+
+
+def read_checkpoint(path: str | Path, sharded: bool = False) -> dict:
+    """A checkpoint file's dict (tensors on the CPU); UserError if missing or damaged.
+
+    ``sharded``: also accept a sharded checkpoint directory, returning its ``meta.pt`` (no
+    weights: the strategy that wrote it reads them); otherwise such a directory is an error
+    that says how to consolidate it.
+    """
+    path = Path(path)
+    if is_sharded(path):
+        if not sharded:
+            raise UserError(
+                f"checkpoint {path} is sharded (FSDP): make one file of it first with "
+                f"python -m lit_gpt_scratch consolidate --ckpt_path {path} --out FILE"
+            )
+        return _read_torch_file(path / SHARDED_META, path, weights=False)
+    if path.is_dir():
+        raise UserError(
+            f"checkpoint {path} is a directory but not a sharded checkpoint (no {SHARDED_META} "
+            "and .metadata)"
+        )
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    return _read_torch_file(path, path)
+
+
+def _read_torch_file(file: Path, path: Path, weights: bool = True) -> dict:
     try:
         # mmap: tensors are paged in when used, so reading a big checkpoint's metadata is cheap
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"checkpoint {path} is unreadable or truncated ({reason})") from None
     spec = (ckpt.get("hyper_parameters") or {}).get("gpt") if isinstance(ckpt, dict) else None
-    if not isinstance(spec, dict) or "state_dict" not in ckpt:
+    if not isinstance(spec, dict) or (weights and "state_dict" not in ckpt):
         raise UserError(f"checkpoint {path} holds no GPT (no state_dict or hyper_parameters.gpt)")
     return ckpt
 
@@ -94,7 +123,10 @@ def load_weights(gpt: GPT, ckpt: dict, path: str | Path) -> None:
 
 def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
     """The GPT stored in a checkpoint file, in eval mode on ``device``."""
-    ckpt = read_checkpoint(path)
+    return _build_and_load(read_checkpoint(path), path, device)
+
+
+def _build_and_load(ckpt: dict, path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
     spec = ckpt["hyper_parameters"]["gpt"]
     try:
         gpt = build_gpt(spec)
@@ -105,6 +137,40 @@ def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
     data = ckpt.get("datamodule_hyper_parameters") or {}
     tokenizer = data.get("tokenizer") or DEFAULT_TOKENIZER
     return LoadedGPT(gpt.to(device).eval(), spec, tokenizer)
+
+
+def load_sharded_gpt(path: str | Path) -> LoadedGPT:
+    """The GPT of a sharded (FSDP) checkpoint directory, gathered into one process on the CPU.
+
+    Reads only the model's tensors (not the optimizer's), so it needs the memory of the
+    weights alone. Works in a plain process: no GPU, no process group.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = read_checkpoint(path, sharded=True)
+    reader = dcp.FileSystemReader(str(path))
+    try:
+        stored = reader.read_metadata().state_dict_metadata
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path}: its shards are unreadable ({reason})") from None
+    # Lightning saves {"model": state_dict, "optimizer_0": ...}; DCP flattens the keys
+    template = {
+        key.removeprefix("model."): torch.empty(md.size, dtype=md.properties.dtype)
+        for key, md in stored.items()
+        if key.startswith("model.") and isinstance(md, TensorStorageMetadata)
+    }
+    try:
+        dcp.load({"model": template}, storage_reader=reader, no_dist=True)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path}: its shards are unreadable ({reason})") from None
+    # Wrapper modules leave their names in keys; the GPT's own names are what is left.
+    for wrapper in ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module."):
+        template = {key.replace(wrapper, ""): value for key, value in template.items()}
+    ckpt = {**meta, "state_dict": template}
+    return _build_and_load(ckpt, path)
 
 
 def save_gpt(path: str | Path, gpt: GPT, spec: dict, tokenizer: str = DEFAULT_TOKENIZER) -> None:

@@ -129,6 +129,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         function_command("import_hf"),
     ),
     "export": ("write a checkpoint as a Hugging Face directory", function_command("export")),
+    "consolidate": (
+        "gather a sharded (FSDP) checkpoint into one file",
+        function_command("consolidate"),
+    ),
 }
 
 

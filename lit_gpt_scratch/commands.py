@@ -1,4 +1,4 @@
-"""The model subcommands: ``generate``, ``import_hf`` and ``export``.
+"""The model subcommands: ``generate``, ``import_hf``, ``export`` and ``consolidate``.
 
 Each is a plain, typed function: its signature is the CLI (``cli.py`` builds the parser from
 it), its docstring the ``--help``.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt_scratch.checkpoint import load_gpt, save_gpt
+from lit_gpt_scratch.checkpoint import load_gpt, load_sharded_gpt, save_gpt
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.generate import generate_text
 from lit_gpt_scratch.tokenizer import load_tokenizer
@@ -128,6 +128,24 @@ def export(ckpt_path: str, out_dir: str) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out_dir}: {type(hf).__name__}")
+
+
+def consolidate(ckpt_path: str, out: str) -> None:
+    """Gather a sharded (FSDP) checkpoint directory into one checkpoint file of the weights,
+    which generate, export and fit (as a fine-tune's start) read.
+
+    Args:
+        ckpt_path: A sharded checkpoint directory (trainer.strategy FSDPStrategy with
+            state_dict_type: sharded writes last.ckpt and the others as directories).
+        out: The checkpoint file to write (.ckpt); it must not exist yet.
+    """
+    if Path(out).exists():
+        raise UserError(f"--out {out} exists: choose another path or delete it first")
+    if not Path(ckpt_path).is_dir():
+        raise UserError(f"--ckpt_path {ckpt_path} is not a sharded checkpoint directory")
+    loaded = load_sharded_gpt(ckpt_path)
+    save_gpt(out, loaded.gpt, loaded.spec, loaded.tokenizer)
+    print(f"wrote {out}: {loaded.gpt.num_params():,} parameters from {ckpt_path}")
 
 
 def _write_gpt2_tokenizer(directory: Path) -> None:

@@ -18,12 +18,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_gpt_scratch.callbacks import ProgressBar, TextSamples, TokenThroughput
 from lit_gpt_scratch.checkpoint import (
     check_weights_fit,
+    is_sharded,
     is_weights_only,
     load_weights,
     read_checkpoint,
@@ -101,7 +103,8 @@ class LitGPTCLI(LightningCLI):
             path = config.ckpt_path = self._newest_readable_last(root)
         if path is None or path in LIGHTNING_CKPT_NAMES:
             return
-        ckpt = read_checkpoint(path)  # memory-mapped: cheap, and it names a damaged file
+        # memory-mapped: cheap, and it names a damaged file; of a sharded one, its meta.pt
+        ckpt = read_checkpoint(path, sharded=True)
         if is_weights_only(ckpt):
             return  # a fine-tune: before_fit checks the tensors fit the configured model
         difference = first_difference(ckpt["hyper_parameters"]["gpt"], config.model.gpt.as_dict())
@@ -128,7 +131,7 @@ class LitGPTCLI(LightningCLI):
         skipped = False
         for candidate in last_candidates(run):
             try:
-                read_checkpoint(candidate)
+                read_checkpoint(candidate, sharded=True)
             except UserError as e:
                 skipped = True
                 # Set aside (kept for a look), so later rotations keep only good files.
@@ -157,7 +160,10 @@ class LitGPTCLI(LightningCLI):
             isinstance(c, LightningProgressBar) for c in given
         ):
             callbacks = [*callbacks, ProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except ValueError as e:  # the Trainer's own checks of its arguments (strategy, devices)
+            raise UserError(" ".join(str(e).split())) from None
 
     def before_fit(self) -> None:
         """``global_batch_size`` sets the accumulation and ``val_every_n_steps`` the
@@ -222,6 +228,12 @@ class LitGPTCLI(LightningCLI):
     def _checkpoint_that_fits(self) -> dict | None:
         """The --ckpt_path file's dict, after checking its tensors fit the configured model."""
         path = self.config_init[self.subcommand].get("ckpt_path")
+        if path and is_sharded(path) and not isinstance(self.trainer.strategy, FSDPStrategy):
+            raise UserError(
+                f"checkpoint {path} is sharded (FSDP): resume it with the FSDP strategy, or "
+                f"make one file of its weights (python -m lit_gpt_scratch consolidate "
+                f"--ckpt_path {path} --out FILE) to start from"
+            )
         if not path or not Path(path).is_file():
             return None  # "best", None: Lightning resolves them
         ckpt = read_checkpoint(path)

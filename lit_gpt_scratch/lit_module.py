@@ -161,6 +161,9 @@ class LitGPT(L.LightningModule):
             return
         # Before clipping: the norm the update would have had. Clipping reuses it.
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if isinstance(self.trainer.strategy, FSDPStrategy) and self.trainer.world_size > 1:
+            # each rank holds a disjoint shard of every gradient: add the squares of all ranks
+            norm = self.trainer.strategy.reduce(norm.square(), reduce_op="sum").sqrt()
         self._grad_norm = norm
         self.log("train/grad_norm", norm, on_step=True)  # read at log steps only
         if self.trainer.precision == "16-mixed":  # the GradScaler skips overflowed steps itself

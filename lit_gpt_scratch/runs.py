@@ -79,7 +79,10 @@ def rotate_last(last: Path, keep_older: int) -> None:
     stays in place, whole, until the new one is renamed over it."""
     if keep_older < 1 or not last.exists():
         return
-    older_last(last, keep_older).unlink(missing_ok=True)
+    oldest = older_last(last, keep_older)
+    if oldest.is_dir():  # sharded (FSDP) checkpoints are directories
+        shutil.rmtree(oldest)
+    oldest.unlink(missing_ok=True)
     for n in range(keep_older - 1, 0, -1):
         if older_last(last, n).exists():
             os.replace(older_last(last, n), older_last(last, n + 1))

@@ -99,6 +99,15 @@ def test_config_typo_is_one_line_naming_the_key(cli, arg, message):
     assert message in result.stderr and result.stderr.rstrip().endswith("(see --help)")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs where there is a GPU")
+def test_the_trainers_own_argument_checks_are_one_line(cli):
+    result = cli("fit", "--config", str(ROOT / "configs/tiny.yaml"), "--trainer.strategy=fsdp")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: The strategy `fsdp` requires a GPU accelerator")
+
+
 def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
     corpus = write_text_corpus(run_dir / "corpus", LOREM * 4)
     result = cli("fit", *small_run_args(corpus, run_dir / "data"))
