@@ -247,3 +247,9 @@ def test_resume_from_a_mid_run_checkpoint_sees_the_uninterrupted_batches(corpus,
     assert all(torch.equal(a, b) for a, b in zip(resumed, whole[3:], strict=True))
     assert len({tuple(b.flatten().tolist()) for b in whole}) == 7
     assert os.path.exists(tmp_path / "ckpt" / "epoch=0-step=6.ckpt")
+
+
+@pytest.mark.parametrize("per_node", [True, False])
+def test_prepare_per_node_chooses_where_lightning_runs_prepare(per_node):
+    # True: local rank 0 of each node (node-local disks); False: global rank 0 (shared storage)
+    assert TokenDataModule(prepare_per_node=per_node).prepare_data_per_node is per_node

@@ -104,3 +104,27 @@ def test_a_sharded_checkpoint_resumes_only_under_fsdp(tmp_path, cli, trained):
         f"make one file of its weights (python -m lit_gpt_scratch consolidate --ckpt_path "
         f"{sharded} --out FILE) to start from"
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP needs a CUDA GPU")
+def test_fsdp_overlay_trains_saves_shards_resumes_and_consolidates(tmp_path, cli):
+    root = Path(__file__).resolve().parents[1]
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    args = [
+        *small_run_args(corpus, tmp_path / "data", **{"trainer.max_steps": "3"}),
+        f"--config={root / 'configs/overlays/fsdp.yaml'}",
+        "--trainer.accelerator=gpu",
+        "--trainer.devices=1",
+        "--trainer.precision=bf16-mixed",
+        "--model.compile=false",
+    ]
+    assert cli("fit", *args).returncode == 0
+    last = tmp_path / "checkpoints/tiny/version_0/checkpoints/last.ckpt"
+    assert last.is_dir() and (last / "meta.pt").is_file()
+    resumed = cli("fit", *args, "--trainer.max_steps=6", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 6
+    out = tmp_path / "one.ckpt"
+    assert cli("consolidate", f"--ckpt_path={last}", f"--out={out}").returncode == 0
+    assert greedy(cli, out)

@@ -59,6 +59,9 @@ class TokenDataModule(L.LightningDataModule):
         seed: Seed of the training window order (each epoch a new permutation).
         allow_approximate_resume: Resume from a checkpoint saved with another world size or
             batch size at the same share of the epoch, instead of refusing.
+        prepare_per_node: Run ``prepare`` on the first process of every node (each node has
+            its own ``data_dir``: local disks). False: on the first process of the run only,
+            for a ``data_dir`` every node sees (shared storage).
     """
 
     def __init__(
@@ -78,9 +81,11 @@ class TokenDataModule(L.LightningDataModule):
         val_windows: int = 200,
         seed: int = 1234,
         allow_approximate_resume: bool = False,
+        prepare_per_node: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()  # the tokenizer etc. travel in checkpoints
+        self.prepare_data_per_node = prepare_per_node  # read by Lightning's prepare_data step
         self.sources = list(sources)
         self.window = block_size + 1  # (T + 1): inputs are [:-1], targets [1:]
         self.meta: dict = {}
@@ -94,9 +99,9 @@ class TokenDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize the sources into ``data_dir`` unless done already.
 
-        Lightning runs this on one process per node (local rank 0) while the others wait.
-        With shared storage across nodes, set ``prepare_data_per_node = False`` on this
-        DataModule to run it once globally, or run ``lit-gpt-scratch prepare`` beforehand.
+        Lightning runs this on one process per node (local rank 0) while the others wait;
+        with ``prepare_per_node: false``, on global rank 0 only (shared storage). Or run
+        ``python -m lit_gpt_scratch prepare`` beforehand: then this only verifies.
 
         On a complete directory ``prepare`` is a no-op that verifies the directory was made
         from these sources and settings (under 0.3 s for the stdlib corpus: it lists and stats
