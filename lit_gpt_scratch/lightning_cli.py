@@ -2,8 +2,10 @@
 
 Top-level config sections: ``trainer``, ``model`` (LitGPT: ``gpt``, ``optimizer``,
 ``lr_scheduler``, ``compile``), ``data`` (TokenDataModule), ``checkpoint`` (ModelCheckpoint),
-``lr_monitor``, ``throughput``, ``samples``, ``seed_everything``, ``ckpt_path``. ``data.block_size``
-is linked to ``model.gpt.init_args.block_size``: write it once, under ``data``.
+``lr_monitor``, ``throughput``, ``samples``, ``preemption``, and the top-level keys
+``seed_everything``, ``ckpt_path``, ``global_batch_size`` (sets the accumulation from the
+device count) and ``val_every_n_steps``. ``data.block_size`` is linked to
+``model.gpt.init_args.block_size``: write it once, under ``data``.
 """
 
 from __future__ import annotations
