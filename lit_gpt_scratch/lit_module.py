@@ -189,13 +189,13 @@ class LitGPT(L.LightningModule):
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
         """Clip with the norm already computed above, on the device. Lightning's own clipping
-        under bf16-mixed refuses fused optimizers, a rule meant for fp16's scaled gradients:
-        bf16 gradients are not scaled. fp16 and sharded (FSDP) runs keep Lightning's path."""
+        refuses fused optimizers under bf16-mixed (a rule meant for fp16's scaled gradients:
+        bf16 ones are not scaled), and cannot clip by norm under FSDP at all; here the norm
+        is the global one under FSDP too, and scaling each rank's shard by the same factor
+        is exact. fp16 runs, whose gradients the GradScaler unscales, keep Lightning's path."""
         if not gradient_clip_val:
             return
-        ours = self.trainer.precision != "16-mixed" and not isinstance(
-            self.trainer.strategy, FSDPStrategy
-        )
+        ours = self.trainer.precision != "16-mixed"
         if ours and (gradient_clip_algorithm or "norm") == "norm" and self._grad_norm is not None:
             params = [p for p in self.gpt.parameters() if p.grad is not None]
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, self._grad_norm)

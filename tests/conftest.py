@@ -110,6 +110,20 @@ def small_run_args(corpus: Path, data_dir: Path, **overrides) -> list[str]:
     return ["--config", str(ROOT / "configs/tiny.yaml"), *(f"--{k}={v}" for k, v in args.items())]
 
 
+def last_checkpoint(root: Path, version: int = 0) -> dict:
+    """The ``last.ckpt`` of run ``version_<version>`` of the tiny config under ``root``."""
+    import torch
+
+    path = Path(root) / f"checkpoints/tiny/version_{version}/checkpoints/last.ckpt"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def data_position(ckpt: dict) -> dict:
+    """The training sampler's saved position (epoch, index, ...) in a checkpoint."""
+    [state] = [v for k, v in ckpt.items() if k.endswith("TokenDataModule")]
+    return state["sampler"]
+
+
 def save_weights_only(path: Path, d_model: int = 32, block_size: int = 32) -> Path:
     """A weights-only checkpoint (as import_hf writes) of a 1-layer GPT on the stdlib-4k ids."""
     from lit_gpt_scratch.checkpoint import save_gpt

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LOREM, small_run_args, write_text_corpus
+from conftest import (
+    LOREM,
+    data_position,
+    last_checkpoint,
+    small_run_args,
+    write_text_corpus,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TESTS = Path(__file__).resolve().parent
@@ -75,9 +81,8 @@ def val_losses(workdir: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars("val/loss")]
 
 
-def final_weights(workdir: Path, version: int = 0) -> dict[str, torch.Tensor]:
-    path = workdir / f"checkpoints/tiny/version_{version}/checkpoints/last.ckpt"
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+def final_weights(workdir: Path) -> dict[str, torch.Tensor]:
+    return last_checkpoint(workdir)["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +117,9 @@ def test_ddp_crosses_epoch_ends_and_uneven_val_splits_in_step(single):
     workdir = single / "epochs"
     extra = ["--trainer.max_steps=20", "--trainer.val_check_interval=10", "--data.val_windows=7"]
     fit(workdir, single / "data", *extra, devices=2, batch=4)
-    ckpt = workdir / "checkpoints/tiny/version_0/checkpoints/last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    [data] = [v for k, v in state.items() if k.endswith("TokenDataModule")]
-    assert state["global_step"] == 20 and (data["sampler"]["epoch"], data["sampler"]["index"]) == (
-        1,
-        4,
-    )
+    ckpt = last_checkpoint(workdir)
+    position = data_position(ckpt)
+    assert ckpt["global_step"] == 20 and (position["epoch"], position["index"]) == (1, 4)
     assert [step for step, _ in val_losses(workdir)] == [9, 19]
 
 

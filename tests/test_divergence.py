@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LOREM, small_run_args, write_text_corpus
+from conftest import LOREM, last_checkpoint, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -22,11 +22,6 @@ def run_args(tmp_path, **overrides) -> list[str]:
     corpus = write_text_corpus(tmp_path / "corpus", LOREM)
     base = {"trainer.max_steps": "8", "checkpoint.every_n_train_steps": "2"}
     return small_run_args(corpus, tmp_path / "data", **{**base, **overrides})
-
-
-def last_checkpoint(tmp_path) -> dict:
-    path = tmp_path / "checkpoints/tiny/version_0/checkpoints/last.ckpt"
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize(

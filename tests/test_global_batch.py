@@ -4,8 +4,7 @@ optimizer steps whatever the accumulation."""
 from __future__ import annotations
 
 import pytest
-import torch
-from conftest import LOREM, small_run_args, write_text_corpus
+from conftest import LOREM, data_position, last_checkpoint, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -13,11 +12,6 @@ def run_args(tmp_path, **overrides) -> list[str]:
     corpus = write_text_corpus(tmp_path / "corpus", LOREM)
     base = {"trainer.max_steps": "3", "samples.every_n_steps": "0"}
     return small_run_args(corpus, tmp_path / "data", **{**base, **overrides})
-
-
-def last_checkpoint(tmp_path) -> dict:
-    path = tmp_path / "checkpoints/tiny/version_0/checkpoints/last.ckpt"
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_global_batch_size_sets_the_accumulation(tmp_path, cli, caplog):
@@ -31,8 +25,7 @@ def test_global_batch_size_sets_the_accumulation(tmp_path, cli, caplog):
     ckpt = last_checkpoint(tmp_path)
     assert ckpt["global_step"] == 3
     assert ckpt["datamodule_hyper_parameters"]["batch_size"] == 4
-    [state] = [v for k, v in ckpt.items() if k.endswith("TokenDataModule")]
-    assert state["sampler"]["index"] == 9
+    assert data_position(ckpt)["index"] == 9
 
 
 @pytest.mark.parametrize(
