@@ -26,9 +26,9 @@ class LitGPT(L.LightningModule):
 
     Args:
         gpt: The model, injected from YAML (``model.gpt.class_path`` + ``init_args``).
-        optimizer: Called with two param groups: 2-D weights (matrices and embeddings, decayed
-            with the optimizer's ``weight_decay``) and everything else (biases, norm gains:
-            ``weight_decay`` 0).
+        optimizer: Called with three param groups (``param_groups``): the blocks' matrices and
+            the embeddings and head, decayed with the optimizer's ``weight_decay``, and the
+            vectors (biases, norm gains: ``weight_decay`` 0). Each carries a ``role`` key.
         lr_scheduler: Called with the optimizer; stepped after every optimizer step. A
             scheduler with ``set_total_steps`` gets the run's total optimizer steps.
         compile: ``torch.compile`` the GPT in place (state-dict keys unchanged). None: on CUDA.
@@ -268,8 +268,19 @@ class LitGPT(L.LightningModule):
 
 
 def param_groups(gpt: torch.nn.Module) -> list[dict]:
-    """Weight decay on 2-D weights (matrices, embeddings); none on biases and norm gains."""
-    decay, no_decay = [], []
-    for p in gpt.parameters():  # each parameter once, a tied head included
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Three groups, each tagged with its ``role`` for optimizers that treat them apart
+    (``optim.Muon``): the blocks' weight matrices, the embeddings and the head (2-D, a lookup
+    or the output layer), both decayed, and the vectors (biases, norm gains: no decay)."""
+    matrices, embeddings, vectors = [], [], []
+    for name, p in gpt.named_parameters():  # each parameter once: a tied head is wte
+        if p.dim() < 2:
+            vectors.append(p)
+        elif name.startswith("blocks."):
+            matrices.append(p)
+        else:  # wte, lm_head, a learned position table
+            embeddings.append(p)
+    return [
+        {"params": matrices, "role": "matrix"},
+        {"params": embeddings, "role": "embedding"},
+        {"params": vectors, "role": "vector", "weight_decay": 0.0},
+    ]

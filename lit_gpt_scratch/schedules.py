@@ -7,6 +7,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lit_gpt_scratch.errors import UserError
+
 
 class WarmupCosineLR(LRScheduler):
     """Linear warmup from 0 to the optimizer's lr, then cosine decay to ``min_lr``.
@@ -52,3 +54,40 @@ class WarmupCosineLR(LRScheduler):
             return self.min_lr
         progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
         return self.min_lr + 0.5 * (peak - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class WarmupStableDecayLR(WarmupCosineLR):
+    """Warmup-stable-decay (MiniCPM, modded-nanogpt): linear warmup, the peak held, then a
+    linear decay to ``min_lr`` over the last ``decay_fraction`` of the run.
+
+    Args:
+        optimizer: The wrapped optimizer; its ``lr`` (per group) is the peak.
+        warmup_steps: Steps of linear warmup.
+        max_steps: The run's last step. None: the Trainer's total optimizer steps.
+        decay_fraction: Share of ``max_steps`` spent decaying, at the end.
+        min_lr: Final learning rate, for every group.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        warmup_steps: int = 100,
+        max_steps: int | None = None,
+        decay_fraction: float = 0.2,
+        min_lr: float = 0.0,
+    ):
+        if not 0 < decay_fraction <= 1:
+            raise UserError(f"lr_scheduler decay_fraction must be in (0, 1], got {decay_fraction}")
+        self.decay_fraction = decay_fraction
+        super().__init__(optimizer, warmup_steps, max_steps, min_lr)
+
+    def lr_at(self, step: int, peak: float) -> float:
+        if step < self.warmup_steps:
+            return peak * (step + 1) / (self.warmup_steps + 1)
+        if self.max_steps is None:
+            return peak
+        decay_start = self.max_steps - self.decay_fraction * self.max_steps
+        if step < decay_start:
+            return peak
+        progress = min(1.0, (step - decay_start) / max(1.0, self.max_steps - decay_start))
+        return peak + (self.min_lr - peak) * progress

@@ -63,6 +63,10 @@ class GPT(nn.Module):
             probability and are never targets, and ``num_params`` leaves them out.
         init_std: Std of the normal init of linear and embedding weights; the residual output
             projections (``c_proj``) get ``init_std / sqrt(2 * n_layer)``.
+        zero_init_projections: Start every residual output projection (``c_proj``) at zero,
+            so each block begins as the identity (modded-nanogpt, nanochat).
+        logit_softcap: Squash the logits into (-cap, cap) with ``cap * tanh(logits / cap)``
+            (Gemma 2, modded-nanogpt); None: raw logits.
         activation_checkpointing: In training, keep only each block's input and recompute the
             block in the backward pass: activation memory of one block instead of all, for
             about one more forward pass of compute.
@@ -89,12 +93,18 @@ class GPT(nn.Module):
         tie_embeddings: bool = True,
         vocab_multiple: int = 64,
         init_std: float = 0.02,
+        zero_init_projections: bool = False,
+        logit_softcap: float | None = None,
         activation_checkpointing: bool = False,
         loss_chunk_size: int = 0,
     ):
         super().__init__()
         if loss_chunk_size < 0:
             raise UserError(f"model.gpt loss_chunk_size must be 0 or more, got {loss_chunk_size}")
+        if logit_softcap is not None and logit_softcap <= 0:
+            raise UserError(f"model.gpt logit_softcap must be positive, got {logit_softcap}")
+        self.logit_softcap = logit_softcap
+        self.zero_init_projections = zero_init_projections
         self.activation_checkpointing = activation_checkpointing
         self.loss_chunk_size = loss_chunk_size
         self.vocab_size, self.block_size, self.n_layer = vocab_size, block_size, n_layer
@@ -116,6 +126,8 @@ class GPT(nn.Module):
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 scaled = name.endswith("c_proj")  # a residual output projection
                 module.weight.normal_(0.0, std / math.sqrt(2 * self.n_layer) if scaled else std)
+                if scaled and self.zero_init_projections:
+                    module.weight.zero_()
             if isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.zero_()
 
@@ -152,7 +164,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is not None and self.loss_chunk_size:
             return None, self._chunked_loss(x.reshape(-1, x.size(-1)), targets.reshape(-1))
-        logits = self.lm_head(x)[..., : self.vocab_size]  # padded ids never scored
+        logits = self._logits(x)
         if targets is None:
             return logits, None
         return logits, self._cross_entropy(logits, targets.reshape(-1), "mean")
@@ -162,8 +174,15 @@ class GPT(nn.Module):
         logits = logits.float().reshape(-1, self.vocab_size)
         return F.cross_entropy(logits, targets, reduction=reduction)
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(x)[..., : self.vocab_size]  # padded ids never scored
+        if self.logit_softcap is None:
+            return logits
+        cap = self.logit_softcap
+        return cap * torch.tanh(logits.float() / cap)  # fp32: tanh saturates early in bf16
+
     def _head_loss_sum(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self._cross_entropy(self.lm_head(x)[..., : self.vocab_size], targets, "sum")
+        return self._cross_entropy(self._logits(x), targets, "sum")
 
     def _chunked_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of (N, C) final states against (N,) targets, ``loss_chunk_size``
