@@ -5,6 +5,7 @@ It knows nothing of files: batches arrive as (B, block_size + 1) windows of toke
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import lightning as L
@@ -12,7 +13,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from lit_gpt_scratch.errors import Diverged, UserError
 from lit_gpt_scratch.model.gpt import GPT
@@ -59,8 +60,12 @@ class LitGPT(L.LightningModule):
         self.gpt = gpt
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.compile_model = compile
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        # Bits per byte: nats summed over target tokens / (ln 2 x the bytes those tokens
+        # stand for). Comparable across tokenizers, unlike the loss per token.
+        self.val_nats, self.val_bytes = SumMetric(), SumMetric()
+        self.test_nats, self.test_bytes = SumMetric(), SumMetric()
+        self.register_buffer("token_bytes", None, persistent=False)  # (vocab,), set_token_bytes
         self._rng_states_to_restore: list[dict] | None = None
         self.nonfinite, self.max_consecutive_skips = nonfinite, max_consecutive_skips
         self.consecutive_skips = 0
@@ -100,21 +105,41 @@ class LitGPT(L.LightningModule):
         self.log("train/loss", loss, on_step=True)
         return loss
 
+    def set_token_bytes(self, token_bytes: torch.Tensor) -> None:
+        """The bytes of text each token id stands for (``Tokenizer.token_bytes``); the data
+        module sets it, and ``val/bpb`` is logged from then on."""
+        self.token_bytes = torch.as_tensor(token_bytes, dtype=torch.long, device=self.device)
+
+    def _evaluate(self, batch: torch.Tensor, split: str) -> None:
+        loss = self._loss(batch)  # mean over the batch's B x T targets, all counted
+        getattr(self, f"{split}_loss").update(loss, weight=batch.size(0))
+        if self.token_bytes is not None:
+            targets = batch[:, 1:]
+            getattr(self, f"{split}_nats").update(loss.detach() * targets.numel())
+            getattr(self, f"{split}_bytes").update(self.token_bytes[targets].sum())
+
+    def _log_evaluation(self, split: str, prog_bar: bool) -> None:
+        metrics = [getattr(self, f"{split}_{m}") for m in ("loss", "nats", "bytes")]
+        loss = metrics[0].compute()  # torchmetrics sums over ranks
+        logged = {f"{split}/loss": loss, f"{split}/ppl": loss.exp()}
+        if self.token_bytes is not None:
+            nats, n_bytes = metrics[1].compute(), metrics[2].compute()
+            logged[f"{split}/bpb"] = nats / (math.log(2) * n_bytes.clamp(min=1))
+        self.log_dict(logged, prog_bar=prog_bar, sync_dist=False)
+        for metric in metrics:
+            metric.reset()
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self.val_loss.update(self._loss(batch), weight=batch.size(0))
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
-        self.log_dict({"val/loss": loss, "val/ppl": loss.exp()}, prog_bar=True, sync_dist=False)
-        self.val_loss.reset()
+        self._log_evaluation("val", prog_bar=True)
 
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self.test_loss.update(self._loss(batch), weight=batch.size(0))
+        self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        loss = self.test_loss.compute()
-        self.log_dict({"test/loss": loss, "test/ppl": loss.exp()})
-        self.test_loss.reset()
+        self._log_evaluation("test", prog_bar=False)
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Mean next-token loss of each window, (B,)."""

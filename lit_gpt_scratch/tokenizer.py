@@ -76,6 +76,19 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self.encoding.decode(list(map(int, ids)))
 
+    def token_bytes(self) -> np.ndarray:
+        """How many bytes of text each id stands for; 0 for special tokens, which stand for
+        none, and for ids with no token. (vocab_size,) int64: bits per byte divides by it."""
+        special = set(self.encoding._special_tokens.values())
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            if i not in special:
+                try:
+                    lengths[i] = len(self.encoding.decode_single_token_bytes(i))
+                except KeyError:  # a hole in the ranks
+                    pass
+        return lengths
+
     def __reduce__(self):
         # Worker processes rebuild the tokenizer from its spec instead of pickling 50k+ ranks.
         return (load_tokenizer, (self.spec,))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -258,6 +259,37 @@ def test_a_hundred_real_steps_lower_the_val_loss(run_dir, cli):
     val = [e.value for e in events.Scalars("val/loss")]
     assert len(val) == 2 and val[1] < val[0] - 0.5  # and far below ln(4096) = 8.3 at init
     assert val[0] < 8.0
+
+
+@pytest.mark.parametrize("tokenizer", ["stdlib-4k", "bytes"])
+def test_val_bpb_is_the_loss_per_byte_of_the_windows_scored(run_dir, cli, tokenizer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lit_gpt_scratch.data.tokens import TokenStream, ValWindows, read_meta
+    from lit_gpt_scratch.tokenizer import load_tokenizer
+
+    corpus = write_text_corpus(run_dir / "corpus", LOREM)
+    overrides = {
+        "trainer.max_steps": "3",
+        "data.tokenizer": tokenizer,
+        "samples.every_n_steps": "0",
+        "model.gpt.init_args.vocab_size": str(load_tokenizer(tokenizer).vocab_size),
+    }
+    result = cli("fit", *small_run_args(corpus, run_dir / "data", **overrides))
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(run_dir / "checkpoints/tiny/version_0"))
+    events.Reload()
+    [loss], [bpb] = (events.Scalars(f"val/{m}") for m in ("loss", "bpb"))
+    # The windows scored: val_windows 8 = limit_val_batches 2 x batch_size 4, all of them.
+    meta = read_meta(run_dir / "data")
+    stream = TokenStream(run_dir / "data", "val", meta["dtype"], meta["splits"]["val"])
+    windows = ValWindows(stream, 33, 8)
+    targets = torch.stack([windows[i][1:] for i in range(len(windows))])  # (8, 32)
+    n_bytes = load_tokenizer(tokenizer).token_bytes()[targets.numpy()].sum()
+    if tokenizer == "bytes":  # one byte a token, but end-of-text stands for none
+        assert n_bytes == targets.numel() - int((targets == 256).sum())
+    want = loss.value * targets.numel() / (math.log(2) * n_bytes)
+    assert bpb.value == pytest.approx(want, rel=1e-5)
 
 
 def test_prepare_data_runs_once_under_two_ddp_processes(tmp_path):

@@ -130,6 +130,8 @@ class TokenDataModule(L.LightningDataModule):
         gpt = getattr(module, "gpt", None)
         if gpt is not None:
             check_against_model(self.meta, h.block_size, gpt)
+        if hasattr(module, "set_token_bytes"):  # for val/bpb
+            module.set_token_bytes(torch.from_numpy(load_tokenizer(h.tokenizer).token_bytes()))
 
     # --- loaders --------------------------------------------------------------------------------
 
