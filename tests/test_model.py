@@ -26,6 +26,8 @@ EXPECTED_PARAMS = {  # GPT-2's published sizes; tiny and llama are ours
     "774m": 774_030_080,
     "1558m": 1_557_611_200,
     "llama-124m": 123_551_232,
+    # 12 x (768 x 2304 + 768 x 768 + 2 x 768 x 3072 + 2 x 768 + 2 x 64) + 2 x 50257 x 768 + 768
+    "124m-modern": 162_150_144,
     "tiny": 1_350_400,
 }
 
