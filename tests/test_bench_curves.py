@@ -1,4 +1,4 @@
-"""bench.curves: loss against tokens from TensorBoard logs, and tokens to reach a loss."""
+"""bench.curves (loss against tokens, tokens to reach a loss) and bench.compression."""
 
 from __future__ import annotations
 
@@ -38,3 +38,19 @@ def test_the_plot_is_a_png(tmp_path, cli):
     out = tmp_path / "plots/c.png"
     curves.plot([curve, curve], "val/loss", out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compression_counts_bytes_per_token_on_held_out_and_other_text(tmp_path, capsys):
+    from lit_gpt_scratch.bench import compression
+
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    (tmp_path / "other.txt").write_text("日本語のテキスト", encoding="utf-8")  # 24 bytes
+    args = ["--tokenizers", "bytes", "--sources", str(corpus), "--val_fraction", "0.2",
+            "--texts", f"ja={tmp_path / 'other.txt'}"]  # fmt: skip
+    assert compression.main(args) == 0
+    out = capsys.readouterr().out
+    held_out = compression.held_out_documents([str(corpus)], 0.2)
+    assert len(held_out) == 12 and held_out[0] == LOREM[1]  # documents 1, 6, 11, ...
+    size = sum(len(t.encode()) for t in held_out)
+    assert f"| `bytes` | 257 | 1.00 ({size:,} tokens) | 1.00 (24 tokens) |" in out
+    assert compression.main(["--texts", f"none={tmp_path / 'missing*.txt'}"]) == 1
