@@ -50,6 +50,10 @@ class WarmupCosineLR(LRScheduler):
             return peak * (step + 1) / (self.warmup_steps + 1)
         if self.max_steps is None:
             return peak
+        return self.decayed(step, peak)
+
+    def decayed(self, step: int, peak: float) -> float:
+        """The learning rate after the warmup, ``max_steps`` known."""
         if step >= self.max_steps:
             return self.min_lr
         progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
@@ -63,9 +67,8 @@ class WarmupStableDecayLR(WarmupCosineLR):
     Args:
         optimizer: The wrapped optimizer; its ``lr`` (per group) is the peak.
         warmup_steps: Steps of linear warmup.
-        max_steps: The run's last step. None: the Trainer's total optimizer steps.
+        max_steps, min_lr: As in ``WarmupCosineLR``.
         decay_fraction: Share of ``max_steps`` spent decaying, at the end.
-        min_lr: Final learning rate, for every group.
     """
 
     def __init__(
@@ -81,11 +84,7 @@ class WarmupStableDecayLR(WarmupCosineLR):
         self.decay_fraction = decay_fraction
         super().__init__(optimizer, warmup_steps, max_steps, min_lr)
 
-    def lr_at(self, step: int, peak: float) -> float:
-        if step < self.warmup_steps:
-            return peak * (step + 1) / (self.warmup_steps + 1)
-        if self.max_steps is None:
-            return peak
+    def decayed(self, step: int, peak: float) -> float:
         decay_start = self.max_steps - self.decay_fraction * self.max_steps
         if step < decay_start:
             return peak
