@@ -37,10 +37,13 @@ class AdamW(torch.optim.AdamW):
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` honours a ``found_inf`` tensor: when it is 1, the update is
-    skipped inside the kernel (weights, moments and step count untouched), so the host never
+    skipped on the device (weights, moments and step count untouched), so the host never
     has to read the flag. torch's fused Adam, AdamW, SGD and Adagrad do (the mechanism its
-    GradScaler uses, and the attribute it checks)."""
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+    GradScaler uses, and the attribute it checks), and so does ``Muon``."""
+    return bool(
+        getattr(optimizer, "_step_supports_amp_scaling", False)
+        or getattr(optimizer, "honours_found_inf", False)
+    )
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -99,43 +102,62 @@ class Muon(torch.optim.Optimizer):
                         weight_decay=weight_decay, ns_steps=ns_steps)  # fmt: skip
         super().__init__(groups, defaults)
 
+    # found_inf (a 0/1 device tensor, set by LitGPT's divergence guard) gates every change of
+    # a step, so a flagged step leaves weights and state bitwise as they were, with no sync.
+    # Not _step_supports_amp_scaling: a GradScaler would then expect Muon to unscale.
+    honours_found_inf = True
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            keep = torch.ones((), device=params[0].device)
+            if found_inf is not None:
+                keep = 1.0 - found_inf.to(params[0].device, torch.float32)
             if group["role"] == "matrix":
-                self._muon(group, params)
+                self._muon(group, params, keep)
             else:
-                self._adamw(group, params)
+                self._adamw(group, params, keep)
         return loss
 
-    def _muon(self, group: dict, params: list[torch.Tensor]) -> None:
+    @staticmethod
+    def _finite_grad(p: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        # a skipped step's gradient may be NaN, and 0 x NaN is NaN: zero it instead
+        return torch.where(keep > 0, p.grad, torch.zeros_like(p.grad))
+
+    def _muon(self, group: dict, params: list[torch.Tensor], keep: torch.Tensor) -> None:
         lr, mu = group["lr"], group["momentum"]
         for p in params:
+            grad = self._finite_grad(p, keep)
             buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-            buf.lerp_(p.grad, 1 - mu)
-            update = orthogonalize(p.grad.lerp(buf, mu), group["ns_steps"])  # Nesterov
+            buf.lerp_(grad, (1 - mu) * keep)
+            update = orthogonalize(grad.lerp(buf, mu), group["ns_steps"])  # Nesterov
             # the same RMS for any shape: tall matrices' updates are scaled up
             scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
-            p.mul_(1 - lr * group["weight_decay"])
-            p.add_(update, alpha=-lr * scale)
+            p.mul_(1 - lr * group["weight_decay"] * keep)
+            p.sub_(update * (lr * scale * keep))
 
-    def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
+    def _adamw(self, group: dict, params: list[torch.Tensor], keep: torch.Tensor) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         for p in params:
+            grad = self._finite_grad(p, keep)
             state = self.state[p]
             if not state:
-                state["step"] = 0
+                state["step"] = torch.zeros((), device=p.device)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
-            state["step"] += 1
-            m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-            m.lerp_(p.grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            state["step"] += keep
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            t = state["step"].clamp(min=1)  # a skipped first step: no division by zero
+            m.lerp_(grad, (1 - beta1) * keep)
+            v.lerp_(grad * grad, (1 - beta2) * keep)
             denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
-            p.mul_(1 - lr * group["weight_decay"])
-            p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+            p.mul_(1 - lr * group["weight_decay"] * keep)
+            p.sub_(m / denom * (lr * keep / (1 - beta1**t)))

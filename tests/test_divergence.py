@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LOREM, last_checkpoint, small_run_args, write_text_corpus
+from conftest import LOREM, ROOT, last_checkpoint, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -27,20 +27,18 @@ def run_args(tmp_path, **overrides) -> list[str]:
 @pytest.mark.parametrize(
     "optimizer",
     [
-        "true",  # fused AdamW: skipped on the device (found_inf), flag read later
-        "false",  # foreach AdamW: flag read at once, gradients dropped
+        # fused AdamW: skipped on the device (found_inf), flag read later
+        ["--model.optimizer.init_args.fused=true"],
+        # foreach AdamW: flag read at once, gradients dropped
+        ["--model.optimizer.init_args.fused=false"],
+        # Muon: every change of the step gated by found_inf on the device
+        [f"--config={ROOT / 'configs/overlays/muon.yaml'}"],
     ],
-    ids=["fused", "foreach"],
+    ids=["fused", "foreach", "muon"],
 )
 def test_skip_leaves_weights_and_optimizer_as_they_were(tmp_path, cli, optimizer):
-    args = run_args(
-        tmp_path,
-        **{
-            "trainer.max_steps": "3",
-            "checkpoint.every_n_train_steps": "0",
-            "model.optimizer.init_args.fused": optimizer,
-        },
-    )
+    overrides = {"trainer.max_steps": "3", "checkpoint.every_n_train_steps": "0"}
+    args = [*run_args(tmp_path, **overrides), *optimizer]
     # Steps 0, 1 train; step 2's gradient is NaN: its update must change nothing at all.
     skipped = cli("fit", *args, nan_config(tmp_path, 2))
     assert skipped.returncode == 0, skipped.stderr
@@ -52,9 +50,11 @@ def test_skip_leaves_weights_and_optimizer_as_they_were(tmp_path, cli, optimizer
     )
     for key, value in before["state_dict"].items():
         assert torch.equal(after_skip["state_dict"][key], value), key
-    moments = [s["exp_avg"] for s in after_skip["optimizer_states"][0]["state"].values()]
-    want = [s["exp_avg"] for s in before["optimizer_states"][0]["state"].values()]
-    assert all(torch.equal(a, b) for a, b in zip(moments, want, strict=True))
+    state, want = (c["optimizer_states"][0]["state"] for c in (after_skip, before))
+    assert state.keys() == want.keys()
+    for index, entries in want.items():  # moments, momentum buffers, step counts
+        for name, value in entries.items():
+            assert torch.equal(torch.as_tensor(state[index][name]), torch.as_tensor(value))
 
     events = EventAccumulator(str(tmp_path / "checkpoints/tiny/version_0"))
     events.Reload()

@@ -3,6 +3,8 @@ the gradient norm and the divergence guard's flag stay on the device in between.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import host_reads
 import pytest
 import torch
@@ -42,6 +44,13 @@ def test_steps_between_logging_steps_never_read_the_device(tmp_path, cli, precis
             assert counter.reads[step] > 0  # the counter sees Lightning's own reads
         else:
             assert counter.reads[step] == 0, (step, counter.where[step])
+
+
+def test_muon_steps_never_read_the_device_either(tmp_path, cli):
+    muon = Path(__file__).resolve().parents[1] / "configs/overlays/muon.yaml"
+    counter = count_reads(tmp_path, cli, f"--config={muon}")
+    for step in (0, 1, 2, 4, 5, 6):
+        assert counter.reads[step] == 0, (step, counter.where[step])
 
 
 def test_an_optimizer_without_a_device_side_skip_reads_the_guard_flag_every_step(tmp_path, cli):

@@ -82,6 +82,25 @@ def test_muon_moves_every_matrix_by_an_orthogonal_update():
             assert_near_orthogonal((before[name] - p.detach()) / (0.02 * scale), grads[name])
 
 
+def test_a_muon_step_flagged_found_inf_is_as_if_it_never_happened():
+    skipped, plain = small(), small()
+    opts = [Muon(param_groups(m), weight_decay=0.1) for m in (skipped, plain)]
+    for seed in (0, 1):
+        for model, opt in zip((skipped, plain), opts, strict=True):
+            random_grads(model, seed)
+            opt.step()
+    for p in skipped.parameters():  # a diverged step: NaN gradients, the guard's flag set
+        p.grad = torch.full_like(p, float("nan"))
+    opts[0].found_inf = torch.tensor(1.0)
+    opts[0].step()
+    opts[0].found_inf = torch.tensor(0.0)
+    for model, opt in zip((skipped, plain), opts, strict=True):
+        random_grads(model, 2)
+        opt.step()
+    for p, q in zip(skipped.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_zero_init_projections_make_every_block_start_as_the_identity():
     model = small(zero_init_projections=True)
     projections = [p for n, p in model.named_parameters() if n.endswith("c_proj.weight")]
