@@ -130,7 +130,7 @@ class Muon(torch.optim.Optimizer):
     @staticmethod
     def _finite_grad(p: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         # a skipped step's gradient may be NaN, and 0 x NaN is NaN: zero it instead
-        return torch.where(keep > 0, p.grad, torch.zeros_like(p.grad))
+        return torch.where(keep > 0, p.grad, 0.0)
 
     def _muon(self, group: dict, params: list[torch.Tensor], keep: torch.Tensor) -> None:
         lr, mu = group["lr"], group["momentum"]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lit_gpt_scratch.data.prepare import is_val_document
+from lit_gpt_scratch.data.prepare import documents_with_split
 from lit_gpt_scratch.data.sources import plan_sources, replace_surrogates
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.tokenizer import EOT, GPT4_SPLIT_PATTERN, gpt2_byte_alphabet, load_tokenizer
@@ -132,26 +132,19 @@ class _Corpus:
         self.documents = self.bytes = 0
 
     def texts(self) -> Iterator[str]:
-        index = 0  # counts non-empty documents, as prepare does when it picks val documents
-        for chunk in self.chunks:
-            for doc in chunk.documents():
-                if not doc.text:
-                    continue
-                held_out = self.val_fraction and is_val_document(index, self.val_fraction)
-                index += 1
-                if held_out:
-                    continue
-                try:
-                    size = len(doc.text.encode("utf-8"))
-                    text = doc.text
-                except UnicodeEncodeError:  # lone surrogates: tokenizers cannot take them
-                    text = replace_surrogates(doc.text)
-                    size = len(text.encode("utf-8"))
-                if self.max_bytes is not None and self.bytes + size > self.max_bytes:
-                    return
-                self.documents += 1
-                self.bytes += size
-                yield text
+        for held_out, text in documents_with_split(self.chunks, self.val_fraction):
+            if held_out:
+                continue
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:  # lone surrogates: tokenizers cannot take them
+                text = replace_surrogates(text)
+                size = len(text.encode("utf-8"))
+            if self.max_bytes is not None and self.bytes + size > self.max_bytes:
+                return
+            self.documents += 1
+            self.bytes += size
+            yield text
 
 
 def _check_options(vocab_size, out, val_fraction, specials, max_bytes, overwrite) -> Path:

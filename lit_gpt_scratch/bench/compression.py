@@ -16,7 +16,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from lit_gpt_scratch.data.prepare import is_val_document
+from lit_gpt_scratch.data.prepare import documents_with_split
 from lit_gpt_scratch.data.sources import plan_sources, replace_surrogates
 from lit_gpt_scratch.tokenizer import load_tokenizer
 
@@ -25,15 +25,8 @@ CJK = str(Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings" / "*-u
 
 def held_out_documents(sources: list[str], val_fraction: float) -> list[str]:
     """The documents ``prepare`` (and ``train_tokenizer``) hold out at ``val_fraction``."""
-    texts, index = [], 0
-    for chunk in plan_sources(sources, "text").chunks:
-        for doc in chunk.documents():
-            if not doc.text:
-                continue
-            if is_val_document(index, val_fraction):
-                texts.append(replace_surrogates(doc.text))
-            index += 1
-    return texts
+    chunks = plan_sources(sources, "text").chunks
+    return [replace_surrogates(t) for val, t in documents_with_split(chunks, val_fraction) if val]
 
 
 def bytes_per_token(tokenizer, texts: list[str]) -> tuple[int, int]:

@@ -139,6 +139,17 @@ def is_val_document(doc_index, val_fraction: float):
     return doc_index % round(1 / val_fraction) == 1
 
 
+def documents_with_split(chunks, val_fraction: float) -> Iterator[tuple[bool, str]]:
+    """Each non-empty document of ``chunks``, in order, with whether ``prepare`` holds it out
+    for val at ``val_fraction`` (0: none). For readers of the sources outside ``prepare``."""
+    index = 0
+    for chunk in chunks:
+        for doc in chunk.documents():
+            if doc.text:
+                yield bool(val_fraction) and bool(is_val_document(index, val_fraction)), doc.text
+                index += 1
+
+
 class _Run:
     """One pass over the chunks, resumable from a checkpoint ``state``."""
 
