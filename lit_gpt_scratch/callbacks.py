@@ -13,25 +13,45 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-# Dense bf16 peak FLOP/s by GPU name; MFU is logged only for these (on CPU: n/a, not logged).
-BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+# Dense bf16 peak FLOP/s (no sparsity), by the exact name torch.cuda.get_device_name gives.
+# An H100 PCIe or NVL is not an H100 SXM: names are matched whole, never by substring, and a GPU
+# that is not listed gets no MFU (or give its peak: throughput.peak_flops).
+BF16_PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989.4e12,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756.0e12,
+    "NVIDIA H100 NVL": 835.5e12,
+    "NVIDIA H200": 989.4e12,  # H200 SXM
+    "NVIDIA H200 NVL": 835.5e12,
+    "NVIDIA GH200 480GB": 989.4e12,
+    "NVIDIA B200": 2250e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA L40S": 362.05e12,
+    "NVIDIA L4": 121e12,
+}
 
 
 def flops_per_token(gpt) -> float:
     """Training FLOPs per token, as nanoGPT and PaLM count them: 6N for the weights (forward
-    and backward) + 12·L·H·Q·T for attention. N counts the rows the head computes, padding
-    included, but not a position table (a lookup, no matmul). GPT-2 124M: 855.4M per token."""
+    and backward) + 12·L·H·Q·T for attention. N counts the weights a matmul touches: the head's
+    rows, padding included, but no lookup table (the token embedding when the head is not tied
+    to it, a learned position table). GPT-2 124M: 855.4M per token; 124m-modern: 854.8M."""
     attn = gpt.blocks[0].attn
     lookups = sum(p.numel() for p in gpt.position.parameters())
+    if gpt.lm_head.weight is not gpt.wte.weight:  # untied: the embedding is a lookup only
+        lookups += gpt.wte.weight.numel()
     n_params = gpt.num_params(padding=True) - lookups
     return 6 * n_params + 12 * gpt.n_layer * attn.n_head * attn.head_size * gpt.block_size
 
 
 def device_peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak of ``device`` if its exact name is in ``BF16_PEAK_FLOPS``; None on
+    a CPU or an unlisted GPU (no MFU is better than one against a guessed peak)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAK_FLOPS.items() if key in name), None)
+    return BF16_PEAK_FLOPS.get(torch.cuda.get_device_name(device))
 
 
 class TokenThroughput(L.Callback):
@@ -40,10 +60,13 @@ class TokenThroughput(L.Callback):
 
     Args:
         every_n_steps: Log once per this many optimizer steps, averaged over them.
+        peak_flops: The dense bf16 peak FLOP/s of one device, for a GPU that
+            ``BF16_PEAK_FLOPS`` does not list (or to use a measured peak); None: the table's.
     """
 
-    def __init__(self, every_n_steps: int = 10):
+    def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None):
         self.every_n_steps = every_n_steps
+        self.peak_flops = peak_flops
         self.tokens = 0  # saved in checkpoints: the count goes on across a resume
         self._window_tokens = 0
         self._window_start: float | None = None
@@ -64,7 +87,7 @@ class TokenThroughput(L.Callback):
         seconds = time.perf_counter() - self._window_start
         rate = self._window_tokens / max(seconds, 1e-9)
         metrics = {"train/tokens": float(self.tokens), "train/tokens_per_sec": rate}
-        peak = device_peak_flops(pl_module.device)
+        peak = self.peak_flops or device_peak_flops(pl_module.device)
         if peak:
             metrics["train/mfu"] = (
                 rate * flops_per_token(pl_module.gpt) / (peak * trainer.world_size)

@@ -147,6 +147,35 @@ def test_flops_per_token_is_nanogpts_figure_for_gpt2_small():
     assert flops_per_token(model) == 855_383_040  # the issue's "about 855 MFLOP"
 
 
+def test_flops_per_token_counts_an_untied_input_embedding_as_a_lookup():
+    """124m-modern has an untied head: its input embedding (50,304 x 768) is a lookup, not a
+    matmul. Counting it as one gave 1,086.6 MFLOP per token and an MFU 27% too high."""
+    from lit_gpt_scratch.callbacks import flops_per_token
+
+    model = build_gpt(gpt_section(CONFIGS[0].with_name("124m-modern.yaml")), device="meta")
+    # 6 * (162,222,336 weights with padding - 38,633,472 in wte) + 12*12*12*64*1024
+    assert flops_per_token(model) == 854_779_392
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4e12),
+        ("NVIDIA H100 PCIe", 756.0e12),  # a substring match gave the SXM figure
+        ("NVIDIA H100 NVL", 835.5e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA GeForce RTX 4090", None),  # unlisted: no MFU rather than a guessed one
+        ("NVIDIA L40", None),  # not an L40S, nor an L4
+    ],
+)
+def test_the_peak_flops_table_matches_whole_device_names(monkeypatch, name, peak):
+    from lit_gpt_scratch.callbacks import device_peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert device_peak_flops(torch.device("cuda", 0)) == peak
+    assert device_peak_flops(torch.device("cpu")) is None
+
+
 def test_vocab_padding_is_invisible_to_logits_loss_and_sampling():
     model = small()  # vocab_multiple 64 by default
     assert model.padded_vocab_size == 128 and model.wte.weight.shape == (128, 32)
