@@ -12,6 +12,7 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.strategies import FSDPStrategy
 
 # Dense bf16 peak FLOP/s (no sparsity), by the exact name torch.cuda.get_device_name gives.
 # An H100 PCIe or NVL is not an H100 SXM: names are matched whole, never by substring, and a GPU
@@ -132,18 +133,23 @@ class TextSamples(L.Callback):
         if not self.every_n_steps or step % self.every_n_steps or step == self._last_step:
             return
         self._last_step = step
-        if trainer.is_global_zero:
-            self.log_sample(trainer, pl_module, step)
+        self.log_sample(trainer, pl_module, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.every_n_steps and trainer.is_global_zero and trainer.global_step != self._last_step:
+        if self.every_n_steps and trainer.global_step != self._last_step:
             self.log_sample(trainer, pl_module, trainer.global_step)
 
     def sample(self, trainer, pl_module) -> str:
+        """A sample of the model as it is now. Under FSDP no rank holds the whole model, so
+        every rank must call this together: each generation step goes through the sharded
+        root module, whose forward gathers the weights on every rank, and all ranks run
+        every step (no early stop) so that they make the same calls. Elsewhere one rank
+        generates alone with the GPT itself."""
         from lit_gpt_scratch.model.generate import generate_text
         from lit_gpt_scratch.tokenizer import load_tokenizer
 
         spec = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("tokenizer", "gpt2")
+        sharded = _is_sharded(trainer)
         [text] = generate_text(
             pl_module.gpt,
             load_tokenizer(spec),
@@ -152,15 +158,25 @@ class TextSamples(L.Callback):
             temperature=self.temperature,
             top_k=self.top_k,
             seed=self.seed,
+            forward=trainer.strategy.model if sharded else None,
+            early_stop=not sharded,
         )
         return self.prompt + text
 
     def log_sample(self, trainer, pl_module, step: int) -> None:
+        if not (trainer.is_global_zero or _is_sharded(trainer)):
+            return
         text = self.sample(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_text"):
             # Markdown: a code block keeps indentation and newlines as they are
             experiment.add_text("samples", f"```\n{text}\n```", global_step=step)
+
+
+def _is_sharded(trainer) -> bool:
+    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 class ProgressBar(TQDMProgressBar):

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -40,6 +40,18 @@ from lit_gpt_scratch.model.build import first_difference
 from lit_gpt_scratch.preemption import StopOnSignal
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint
 from lit_gpt_scratch.runs import last_candidates, newest_resumable, run_of_checkpoint, runs_root
+
+# `strategy: ddp`, and the DDP that `auto` picks for several devices: gradients live as views
+# into DDP's all-reduce buckets instead of beside them, a gradient-sized copy less (0.5 GB at
+# 124M in fp32, 6 GB at 1558M). An explicit DDPStrategy class_path keeps torch's default.
+StrategyRegistry.register(
+    "ddp",
+    DDPStrategy,
+    description="DDP with gradients as bucket views",
+    override=True,
+    start_method="popen",
+    gradient_as_bucket_view=True,
+)
 
 RUNS_DIR = "checkpoints"
 # ckpt_path values Lightning resolves itself (with checkpoint.dirpath set, "last" too)

@@ -11,10 +11,11 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric, SumMetric
 
+from lit_gpt_scratch.distributed import all_reduce, unwrapped_name, world_size
 from lit_gpt_scratch.errors import Diverged, UserError
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.optim import AdamW, skips_on_device
@@ -58,6 +59,9 @@ class LitGPT(L.LightningModule):
         # load_from_checkpoint rebuilds the injected GPT (ignoring "gpt" would break that).
         self.save_hyperparameters()
         self.gpt = gpt
+        # Recorded now, on the whole model: FSDP builds the optimizer after it has flattened
+        # every parameter into 1-D shards, when shapes no longer tell a matrix from a bias.
+        self.param_roles = parameter_roles(gpt)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.compile_model = compile
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -84,8 +88,10 @@ class LitGPT(L.LightningModule):
             self.gpt.compile()  # in place: no "_orig_mod." prefix in checkpoints
             self._compiled = True
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        return self.gpt(idx, targets)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **options):
+        """The GPT's forward (``options``: its ``pos``, ``caches``, ``pad_mask``). Under FSDP,
+        calling the wrapped module runs this with the root's weights gathered."""
+        return self.gpt(idx, targets, **options)
 
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and the ids that follow each
@@ -155,7 +161,7 @@ class LitGPT(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_nonfinite_steps()  # a stopped run saves nothing past its bad step
         # Diverged weights never replace a good checkpoint.
-        bad = next((n for n, p in self.gpt.named_parameters() if not p.isfinite().all()), None)
+        bad = first_nonfinite_parameter(self.gpt)
         if bad is not None:
             raise UserError(
                 f"not saving the checkpoint of step {self.trainer.global_step}: parameter "
@@ -182,22 +188,25 @@ class LitGPT(L.LightningModule):
         optimizer.__dict__.pop("found_inf", None)  # last step's flag (a GradScaler sets its own)
         self._grad_norm = None
         grads = [p.grad for p in self.gpt.parameters() if p.grad is not None]
-        if not grads:
+        sharded = isinstance(self.trainer.strategy, FSDPStrategy) and world_size() > 1
+        if not grads and not sharded:
             return
         # Before clipping: the norm the update would have had. Clipping reuses it.
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if isinstance(self.trainer.strategy, FSDPStrategy) and self.trainer.world_size > 1:
-            # each rank holds a disjoint shard of every gradient: add the squares of all ranks
-            norm = self.trainer.strategy.reduce(norm.square(), reduce_op="sum").sqrt()
+        norm = torch.zeros((), device=self.device)  # a rank may hold no shard of any gradient
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if sharded:  # each rank holds a disjoint shard of every gradient: add all the squares
+            norm = all_reduce(norm.square(), "sum").sqrt()
         self._grad_norm = norm
         self.log("train/grad_norm", norm, on_step=True)  # read at log steps only
         if self.trainer.precision == "16-mixed":  # the GradScaler skips overflowed steps itself
             return
-        # Under DDP the gradients are already averaged, so every rank sees the same norm;
-        # sharded (FSDP) gradients need the reduction. All of it stays on the device.
+        # Every rank must take the same decision. Under DDP the gradients are already
+        # averaged and under FSDP the norm was just summed, so every rank holds the same norm
+        # and the same flag; only another strategy needs the flag reduced. All on the device.
         bad = (~torch.isfinite(norm)).float()  # () 1.0: skip this update
-        if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        if world_size() > 1 and not isinstance(self.trainer.strategy, (DDPStrategy, FSDPStrategy)):
+            bad = all_reduce(bad, "max")
         self._pending_checks.append((self.trainer.global_step, bad))
         if skips_on_device(optimizer):
             optimizer.found_inf = bad  # the fused kernel skips the update when it is 1
@@ -285,27 +294,53 @@ class LitGPT(L.LightningModule):
 
     def build_optimizer(self, total_steps: int):
         """The optimizer over two param groups, and its scheduler set to ``total_steps``."""
-        optimizer = self.optimizer_factory(param_groups(self.gpt))
+        optimizer = self.optimizer_factory(param_groups(self.gpt, self.param_roles))
         scheduler = self.scheduler_factory(optimizer)
         if hasattr(scheduler, "set_total_steps"):
             scheduler.set_total_steps(total_steps)
         return optimizer, scheduler
 
 
-def param_groups(gpt: torch.nn.Module) -> list[dict]:
-    """Three groups, each tagged with its ``role`` for optimizers that treat them apart
-    (``optim.Muon``): the blocks' weight matrices, the embeddings and the head (2-D, a lookup
-    or the output layer), both decayed, and the vectors (biases, norm gains: no decay)."""
-    matrices, embeddings, vectors = [], [], []
+def parameter_roles(gpt: torch.nn.Module) -> dict[str, str]:
+    """Each parameter's role, by name: ``matrix`` (the blocks' weight matrices), ``embedding``
+    (2-D outside the blocks: a lookup table or the output layer) or ``vector`` (biases, norm
+    gains). Read off the unwrapped model: under FSDP every parameter is a 1-D shard."""
+    roles = {}
     for name, p in gpt.named_parameters():  # each parameter once: a tied head is wte
         if p.dim() < 2:
-            vectors.append(p)
-        elif name.startswith("blocks."):
-            matrices.append(p)
-        else:  # wte, lm_head, a learned position table
-            embeddings.append(p)
+            roles[name] = "vector"
+        else:
+            roles[name] = "matrix" if name.startswith("blocks.") else "embedding"
+    return roles
+
+
+def param_groups(gpt: torch.nn.Module, roles: dict[str, str] | None = None) -> list[dict]:
+    """Three groups, each tagged with its ``role`` for optimizers that treat them apart
+    (``optim.Muon``): the blocks' weight matrices, the embeddings and the head, both decayed,
+    and the vectors (no decay). ``roles``: ``parameter_roles`` of the model before it was
+    wrapped (FSDP); by default, of ``gpt`` as it is."""
+    roles = parameter_roles(gpt) if roles is None else roles
+    groups: dict[str, list] = {"matrix": [], "embedding": [], "vector": []}
+    for name, p in gpt.named_parameters():
+        role = roles.get(unwrapped_name(name))
+        if role is None:
+            raise UserError(
+                f"parameter {name} is not one of the model's own: with FSDP, keep "
+                "use_orig_params true (Lightning's default) so each parameter keeps its name"
+            )
+        groups[role].append(p)
     return [
-        {"params": matrices, "role": "matrix"},
-        {"params": embeddings, "role": "embedding"},
-        {"params": vectors, "role": "vector", "weight_decay": 0.0},
+        {"params": groups["matrix"], "role": "matrix"},
+        {"params": groups["embedding"], "role": "embedding"},
+        {"params": groups["vector"], "role": "vector", "weight_decay": 0.0},
     ]
+
+
+def first_nonfinite_parameter(gpt: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity on any rank, or None.
+    A collective (every rank must call it): under FSDP each rank sees only its shard, so the
+    ranks pool their findings and all take the same decision."""
+    named = list(gpt.named_parameters())
+    flags = torch.stack([~p.isfinite().all() for _, p in named]).float()  # (parameters,)
+    found = all_reduce(flags, "max").nonzero().flatten().tolist()  # one host read
+    return unwrapped_name(named[found[0]][0]) if found else None

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_gpt_scratch.distributed import all_reduce
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint, last_path_of
 
@@ -28,22 +29,25 @@ class StopOnSignal(L.Callback):
 
     Args:
         signals: Signal names to catch (empty: none).
-        sync_every_n_steps: With several processes, how often the ranks agree on whether a
-            signal arrived (one small all-reduce); a single process checks every step for free.
+        sync_every_n_steps: With several processes, every how many optimizer steps the ranks
+            agree on whether a signal arrived: one small all-reduce, whose result the host
+            must read. None: at the logging steps (``trainer.log_every_n_steps``), where the
+            host reads the logged metrics anyway. A single process checks every step for free.
     """
 
     def __init__(
         self,
         signals: list[str] | None = None,
-        sync_every_n_steps: int = 10,
+        sync_every_n_steps: int | None = None,
     ):
         names = ["SIGTERM", "SIGUSR1", "SIGINT"] if signals is None else signals
         self.signals = [_signal_named(n) for n in names]
-        if sync_every_n_steps < 1:
+        if sync_every_n_steps is not None and sync_every_n_steps < 1:
             raise UserError(
                 f"preemption.sync_every_n_steps must be at least 1, got {sync_every_n_steps}"
             )
         self.sync_every_n_steps = sync_every_n_steps
+        self._seen_step = 0  # the optimizer step count at the last batch end
         self.received: int | None = None  # the signal that arrived first
         self.stopped_by: int | None = None  # the signal training stopped for, once saved
         self._previous: dict[int, object] = {}
@@ -51,6 +55,7 @@ class StopOnSignal(L.Callback):
     # --- handlers ---------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._seen_step = trainer.global_step  # a resumed run starts past 0
         # Installed here, after the Trainer has registered its own SIGTERM handler (which
         # would raise and end fit without a save at this step): ours replace it for the run.
         for signum in self.signals:
@@ -108,12 +113,16 @@ class StopOnSignal(L.Callback):
     def _agreed_signal(self, trainer) -> int | None:
         if trainer.world_size == 1:
             return self.received
-        if trainer.global_step % self.sync_every_n_steps:
+        # Once per optimizer step, after its last micro-batch: under gradient accumulation
+        # the micro-batches before it leave the step count where it was.
+        step, stepped = trainer.global_step, trainer.global_step != self._seen_step
+        self._seen_step = step
+        every = self.sync_every_n_steps or max(trainer.log_every_n_steps, 1)
+        if not stepped or step % every:
             return None
         # The largest signal number any rank received (0: none), the same on every rank.
         mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
-        agreed = int(trainer.strategy.reduce(mine, reduce_op="max"))
-        return agreed or None
+        return int(all_reduce(mine, "max")) or None
 
 
 def last_checkpoint_path(trainer) -> str:

@@ -4,85 +4,21 @@ all-reduces only on the last micro-batch."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import (
-    LOREM,
-    data_position,
-    last_checkpoint,
-    small_run_args,
-    write_text_corpus,
+from conftest import data_position, last_checkpoint, small_run_args, write_text_corpus
+from multiprocess import (
+    DDP,
+    TOLERANCE,
+    final_weights,
+    fit,
+    fit_processes,
+    losses,
+    rank_records,
+    record_losses,
+    samples,
+    val_losses,
 )
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-TESTS = Path(__file__).resolve().parent
-DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-# fp32 on CPU: two ranks sum the same numbers in another order, nothing more.
-TOLERANCE = 1e-5
-
-
-def fit(workdir: Path, data_dir: Path, *extra: str, devices: int = 1, batch: int = 8,
-        callbacks: str = "") -> subprocess.CompletedProcess:  # fmt: skip
-    """One ``fit`` in its own process(es), in ``workdir`` (runs under workdir/checkpoints)."""
-    corpus = workdir.parent / "corpus"
-    if not corpus.exists():  # written once: prepare refuses sources changed since
-        write_text_corpus(corpus, LOREM)
-    args = small_run_args(
-        corpus,
-        data_dir,
-        **{
-            "data.batch_size": str(batch),
-            "trainer.precision": "32-true",
-            "trainer.max_steps": "4",
-            "samples.every_n_steps": "0",
-            "checkpoint.every_n_train_steps": "2",
-            "trainer.val_check_interval": "2",
-        },
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    if callbacks:
-        config = workdir / f"callbacks-{len(list(workdir.glob('callbacks-*')))}.yaml"
-        config.write_text(f"trainer:\n  callbacks:\n{callbacks}")
-        args.append(f"--config={config}")
-    result = fit_processes(workdir, [*args, *(DDP if devices == 2 else []), *extra])
-    assert result.returncode == 0, result.stderr[-6000:]
-    return result
-
-
-def fit_processes(cwd: Path, args: list[str]) -> subprocess.CompletedProcess:
-    """``python -m lit_gpt_scratch fit ARGS`` (DDP starts its second process itself)."""
-    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "lit_gpt_scratch", "fit", *args],
-        cwd=cwd, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-
-
-def record_losses(out: Path) -> str:
-    return f"    - class_path: ddp_probes.RecordLosses\n      init_args: {{out: {out}}}\n"
-
-
-def losses(out: Path, ranks: int = 1) -> dict[int, float]:
-    """The per-step training loss, averaged over ranks (equal shares of the global batch)."""
-    per_rank = [json.loads(Path(f"{out}-rank{r}.json").read_text()) for r in range(ranks)]
-    return {int(step): sum(r[step] for r in per_rank) / ranks for step in per_rank[0]}
-
-
-def val_losses(workdir: Path) -> list[tuple[int, float]]:
-    events = EventAccumulator(str(workdir / "checkpoints/tiny/version_0"))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars("val/loss")]
-
-
-def final_weights(workdir: Path) -> dict[str, torch.Tensor]:
-    return last_checkpoint(workdir)["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +49,18 @@ def test_ddp_trains_as_one_process_with_the_same_global_batch(single):
 
 def test_ddp_crosses_epoch_ends_and_uneven_val_splits_in_step(single):
     """16 batches of 2 x 4 per epoch, 20 steps: both ranks cross the epoch end together.
-    7 val windows: each rank scores 3, and no rank waits for a batch the other lacks."""
+    7 val windows: each rank scores 3, and no rank waits for a batch the other lacks. Rank 0
+    samples text alone at steps 10 and 20 while rank 1 waits in the next all-reduce."""
     workdir = single / "epochs"
-    extra = ["--trainer.max_steps=20", "--trainer.val_check_interval=10", "--data.val_windows=7"]
+    extra = ["--trainer.max_steps=20", "--trainer.val_check_interval=10", "--data.val_windows=7",
+             "--samples.every_n_steps=10"]  # fmt: skip
     fit(workdir, single / "data", *extra, devices=2, batch=4)
     ckpt = last_checkpoint(workdir)
     position = data_position(ckpt)
     assert ckpt["global_step"] == 20 and (position["epoch"], position["index"]) == (1, 4)
     assert [step for step, _ in val_losses(workdir)] == [9, 19]
+    texts = samples(workdir)
+    assert sorted(texts) == [10, 20] and all(text.strip("`\n ") for text in texts.values())
 
 
 @pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)], ids=["ddp-to-one", "one-to-ddp"])
@@ -156,10 +96,12 @@ def test_accumulation_all_reduces_only_on_the_last_micro_batch(single):
     )
     fit(workdir, single / "data", "--trainer.max_steps=2", "--global_batch_size=16",
         devices=2, batch=4, callbacks=counter)  # fmt: skip
-    for rank in range(2):
-        counts = json.loads(Path(f"{workdir / 'allreduces'}-rank{rank}.json").read_text())
+    for record in rank_records(workdir / "allreduces", ranks=2):
+        counts = record["counts"]
         assert len(counts) == 4 and counts[0] == counts[2] == 0, counts
         assert counts[1] == counts[3] > 0, counts
+        # strategy ddp: gradients are views into the buckets, not a second gradient-sized copy
+        assert record["bucket_view"] is True
 
 
 def test_an_error_on_one_rank_is_one_line_on_each(single, tmp_path):

@@ -50,10 +50,17 @@ def generate(
     seed: int | None = None,
     stop_id: int | None = None,
     use_cache: bool = True,
+    forward=None,
+    early_stop: bool = True,
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` ids, stopping early at ``stop_id``.
 
     Returns the new ids of each prompt, without the prompt and without the stop id.
+
+    ``forward``: what to call instead of ``model`` for each step, with ``model``'s arguments
+    (a sharded training wrapper whose forward gathers the weights, say). ``early_stop``
+    False runs all ``max_new_tokens`` steps even after every row has stopped, so that
+    processes generating together make the same number of calls.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -64,6 +71,7 @@ def generate(
             f"model's block_size ({model.block_size})"
         )
     device = next(model.parameters()).device
+    forward = model if forward is None else forward
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -86,13 +94,13 @@ def generate(
         keys_mask = pad_mask if padded else None
         if use_cache:
             step_pos = positions[:, -step_input.size(1) :]
-            logits, _ = model(step_input, pos=step_pos, caches=caches, pad_mask=keys_mask)
+            logits, _ = forward(step_input, pos=step_pos, caches=caches, pad_mask=keys_mask)
         else:
             sequence = torch.cat([idx, new_ids], dim=1)
-            logits, _ = model(sequence, pos=positions, pad_mask=keys_mask)
+            logits, _ = forward(sequence, pos=positions, pad_mask=keys_mask)
         next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
         new_ids = torch.cat([new_ids, next_id[:, None]], dim=1)
-        if stop_id is not None:
+        if stop_id is not None and early_stop:
             done |= next_id == stop_id
             if done.all():
                 break
