@@ -195,12 +195,19 @@ class ProgressBar(TQDMProgressBar):
             metrics["train/loss"] = f"{loss.item():.3f}"
         return metrics
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._seen_step = trainer.global_step  # the optimizer step count at the last batch end
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Under gradient accumulation only the last micro-batch of a step moves the count: the
+        # ones before a logging step share its count, but Lightning reads nothing there.
+        stepped, self._seen_step = trainer.global_step != self._seen_step, trainer.global_step
         bar, n = self.train_progress_bar, batch_idx + 1
         if bar is None or bar.disable or (n % self.refresh_rate and n != bar.total):
             return
         bar.n = n
-        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or n == bar.total:
+        if stepped and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # also refreshes
         else:
             bar.refresh()

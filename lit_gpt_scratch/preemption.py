@@ -56,6 +56,8 @@ class StopOnSignal(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._seen_step = trainer.global_step  # a resumed run starts past 0
+        if signal.SIGTERM in self.signals and trainer.world_size > 1:
+            _skip_lightnings_sigterm_broadcast(trainer)
         # Installed here, after the Trainer has registered its own SIGTERM handler (which
         # would raise and end fit without a save at this step): ours replace it for the run.
         for signum in self.signals:
@@ -123,6 +125,18 @@ class StopOnSignal(L.Callback):
         # The largest signal number any rank received (0: none), the same on every rank.
         mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
         return int(all_reduce(mine, "max")) or None
+
+
+def _skip_lightnings_sigterm_broadcast(trainer) -> None:
+    """Under several processes Lightning broadcasts, before every batch, whether rank 0 has
+    received SIGTERM, and reads the answer on the host: one device sync per micro-batch. Its
+    flag is set only by its own SIGTERM handler, which ours replace while training, so the
+    answer is always no: skip it. Lightning has no public switch for this; the method is
+    private (``TrainingEpochLoop._broadcast_sigterm_tensor``, Lightning 2.6), and
+    tests/test_lightning_internals.py fails if an upgrade renames it."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
+        epoch_loop._broadcast_sigterm_tensor = lambda: None
 
 
 def last_checkpoint_path(trainer) -> str:

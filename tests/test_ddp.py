@@ -14,11 +14,14 @@ from multiprocess import (
     fit,
     fit_processes,
     losses,
+    probe,
     rank_records,
     record_losses,
     samples,
     val_losses,
 )
+
+from lit_gpt_scratch.bench.host_syncs import read_counts
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,31 @@ def test_an_error_on_one_rank_is_one_line_on_each(single, tmp_path):
     assert any("was prepared with other settings" in line for line in errors), errors
     assert "error: another process of this run stopped: see its error above" in errors
     assert "Traceback" not in result.stderr
+
+
+def test_a_ddp_step_neither_waits_at_a_barrier_nor_reads_the_device_between_logging_steps(
+    single,
+):
+    """2 ranks, 2 micro-batches accumulated per step, logging every 4 steps. Between logging
+    steps no rank calls barrier() and none reads a tensor to the host: the guard's flag is not
+    reduced (averaged gradients give every rank the same norm), and the ranks agree on
+    signals only at logging steps, once per optimizer step, not once per micro-batch (Lightning's
+    strategy.reduce made a barrier each step and a read on every micro-batch of some)."""
+    workdir = single / "host-syncs"
+    counter = probe("CountHostSyncs", workdir / "counts").replace(
+        "ddp_probes.CountHostSyncs", "lit_gpt_scratch.bench.host_syncs.CountHostSyncs"
+    )
+    quiet = ["--trainer.max_steps=9", "--trainer.log_every_n_steps=4", "--global_batch_size=16",
+             "--trainer.limit_val_batches=0", "--checkpoint.every_n_train_steps=0",
+             "--throughput.every_n_steps=4", "--trainer.enable_progress_bar=true"]  # fmt: skip
+    fit(workdir, single / "data", *quiet, devices=2, batch=4, callbacks=counter)
+    for rank in range(2):
+        counts = read_counts(f"{workdir / 'counts'}-rank{rank}.json")
+        for step in range(8):  # global_step 4 and 8 follow steps 3 and 7: the logging steps
+            where = counts["where"].get(step)
+            assert counts["barriers"][step] == 0, (rank, step, where)
+            signal_checks = sum("preemption.py" in w for w in where or [])
+            if step in (3, 7):
+                assert signal_checks == 1, (rank, step, where)  # once, not per micro-batch
+            else:
+                assert counts["reads"][step] == 0, (rank, step, where)

@@ -54,6 +54,9 @@ def test_fsdp_trains_as_one_process_saves_shards_resumes_and_consolidates(single
     assert sorted(got) == sorted(want) == [0, 1, 2, 3]
     for step in want:
         assert got[step] == pytest.approx(want[step], abs=TOLERANCE), step
+    # A shard's norm alone would be ~30% off. 1e-4: one process's fp32 norm of the whole
+    # 131k-element embedding is itself 1.9e-5 off its float64 value on this CPU; FSDP's, summed
+    # from smaller shards, 0.8e-5 (per-parameter gradients agree to 2e-7).
     [want_norms] = grad_norms(single / "single/losses")
     for rank_norms in grad_norms(workdir / "first", 2) + grad_norms(workdir / "resumed", 2):
         for step, norm in rank_norms.items():

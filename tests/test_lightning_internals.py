@@ -1,0 +1,17 @@
+"""The private Lightning methods the project relies on, checked so that a Lightning upgrade
+that renames or reshapes one fails here, loudly, instead of silently bringing back what the
+project switched off."""
+
+from __future__ import annotations
+
+import inspect
+
+from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+
+def test_lightnings_per_batch_sigterm_broadcast_is_where_preemption_expects_it():
+    # preemption._skip_lightnings_sigterm_broadcast replaces this on the running loop: it
+    # reads a broadcast flag on the host before every batch under several processes.
+    method = _TrainingEpochLoop._broadcast_sigterm_tensor
+    assert list(inspect.signature(method).parameters) == ["self"]
+    assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
