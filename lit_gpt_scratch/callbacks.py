@@ -106,6 +106,9 @@ class TokenThroughput(L.Callback):
 class TextSamples(L.Callback):
     """Every ``every_n_steps`` optimizer steps, sample text and log it to TensorBoard's TEXT tab.
 
+    Sampling runs eagerly even when the model is compiled (it leaves the compiled training
+    graph alone), under the run's precision (bf16-mixed: bf16 autocast).
+
     Args:
         every_n_steps: Steps between samples (0: never).
         prompt: Text to continue; empty starts a new document.
@@ -150,17 +153,23 @@ class TextSamples(L.Callback):
 
         spec = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("tokenizer", "gpt2")
         sharded = _is_sharded(trainer)
-        [text] = generate_text(
-            pl_module.gpt,
-            load_tokenizer(spec),
-            self.prompt,
-            self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            seed=self.seed,
-            forward=trainer.strategy.model if sharded else None,
-            early_stop=not sharded,
-        )
+        # Eagerly, whatever model.compile says: each decoding shape (the prompt, then one
+        # token at a time against a growing KV cache) would compile a graph of its own until
+        # Dynamo's recompile limit, after which it stops compiling GPT.forward for training
+        # too (or, with dynamic shapes, it makes the training graph's shapes dynamic). Under
+        # the run's autocast, which callbacks run outside of: the dtype training computes in.
+        with torch.compiler.set_stance("force_eager"), trainer.precision_plugin.forward_context():
+            [text] = generate_text(
+                pl_module.gpt,
+                load_tokenizer(spec),
+                self.prompt,
+                self.max_new_tokens,
+                temperature=self.temperature,
+                top_k=self.top_k,
+                seed=self.seed,
+                forward=trainer.strategy.model if sharded else None,
+                early_stop=not sharded,
+            )
         return self.prompt + text
 
     def log_sample(self, trainer, pl_module, step: int) -> None:

@@ -34,6 +34,16 @@ class LitGPT(L.LightningModule):
         lr_scheduler: Called with the optimizer; stepped after every optimizer step. A
             scheduler with ``set_total_steps`` gets the run's total optimizer steps.
         compile: ``torch.compile`` the GPT in place (state-dict keys unchanged). None: on CUDA.
+            Only training and validation run compiled; text samples run eagerly.
+        compile_mode: ``torch.compile``'s ``mode``, for the inductor backend: ``default``,
+            ``reduce-overhead`` (CUDA graphs), ``max-autotune``, ...; None: ``default``.
+        compile_dynamic: ``torch.compile``'s ``dynamic``. False (the default): static shapes.
+            Training shapes are fixed, so a ragged batch (another shape) compiles one more
+            graph for that shape instead of turning every dimension dynamic for the rest of
+            the run. None: torch's automatic dynamic shapes; True: dynamic from the start.
+        compile_fullgraph: Fail on any graph break instead of running that part eagerly.
+        compile_backend: ``torch.compile``'s backend: ``inductor``, or e.g. ``aot_eager``
+            (no code generation: checks what Dynamo captures, quickly).
         nonfinite: What a non-finite gradient norm (a NaN or inf loss gives one too) does:
             ``skip`` leaves the weights and optimizer state untouched for that step (the batch
             counts as used); ``stop`` skips it too and ends the run with exit code 3, saving
@@ -51,6 +61,10 @@ class LitGPT(L.LightningModule):
         optimizer: OptimizerCallable = AdamW,
         lr_scheduler: LRSchedulerCallable = WarmupCosineLR,
         compile: bool | None = None,
+        compile_mode: str | None = None,
+        compile_dynamic: bool | None = False,
+        compile_fullgraph: bool = False,
+        compile_backend: str = "inductor",
         nonfinite: Literal["skip", "stop"] = "skip",
         max_consecutive_skips: int = 20,
     ):
@@ -64,6 +78,9 @@ class LitGPT(L.LightningModule):
         self.param_roles = parameter_roles(gpt)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.compile_model = compile
+        self.compile_options = _compile_options(
+            compile_mode, compile_dynamic, compile_fullgraph, compile_backend
+        )
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         # Bits per byte: nats summed over target tokens / (ln 2 x the bytes those tokens
         # stand for). Comparable across tokenizers, unlike the loss per token.
@@ -85,7 +102,7 @@ class LitGPT(L.LightningModule):
             torch.set_float32_matmul_precision("high")
         use = on_cuda if self.compile_model is None else self.compile_model
         if use and not getattr(self, "_compiled", False):
-            self.gpt.compile()  # in place: no "_orig_mod." prefix in checkpoints
+            self.gpt.compile(**self.compile_options)  # in place: no "_orig_mod." keys
             self._compiled = True
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **options):
@@ -299,6 +316,29 @@ class LitGPT(L.LightningModule):
         if hasattr(scheduler, "set_total_steps"):
             scheduler.set_total_steps(total_steps)
         return optimizer, scheduler
+
+
+def _compile_options(mode, dynamic, fullgraph, backend) -> dict:
+    """``torch.compile``'s keyword arguments, their values checked up front."""
+    import torch._dynamo
+
+    if backend != "inductor" and backend not in torch._dynamo.list_backends(exclude_tags=()):
+        listed = ", ".join(torch._dynamo.list_backends())
+        raise UserError(
+            f"model.compile_backend {backend!r} is not a torch.compile backend: "
+            f"one of {listed}, or a debugging one such as aot_eager"
+        )
+    options = {"dynamic": dynamic, "fullgraph": fullgraph, "backend": backend}
+    if mode is not None:
+        import torch._inductor
+
+        if backend != "inductor":
+            raise UserError(f"model.compile_mode is for the inductor backend, not {backend!r}")
+        modes = ", ".join(torch._inductor.list_mode_options())
+        if mode not in modes.split(", "):
+            raise UserError(f"model.compile_mode {mode!r} is unknown: one of {modes}")
+        options["mode"] = mode
+    return options
 
 
 def parameter_roles(gpt: torch.nn.Module) -> dict[str, str]:

@@ -267,6 +267,20 @@ def test_incremental_logits_equal_full_forward_logits():
     assert torch.allclose(torch.cat([first, *steps], dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("position", [LearnedPosition, RotaryPosition])
+def test_the_kv_cache_holds_the_compute_dtype_under_autocast(position):
+    """fp32 weights, bf16 autocast: the cache stores the bf16 keys and values it is given."""
+    model = small(position=position)
+    idx = torch.randint(0, 97, (2, 8))
+    caches = model.new_caches(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(idx[:, :5], caches=caches)
+        model(idx[:, 5:6], caches=caches)
+        want = model.blocks[0].attn.c_attn(model.blocks[0].ln_1(model.wte(idx))).dtype
+    assert want == torch.bfloat16 and model.wte.weight.dtype == torch.float32
+    assert all(c.k.dtype == c.v.dtype == want and c.length == 6 for c in caches)
+
+
 def test_generation_stops_at_the_stop_id():
     model = small()
     first = generate(model, [[1, 2, 3]], 8, temperature=0)[0]

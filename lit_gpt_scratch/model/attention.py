@@ -22,18 +22,24 @@ from lit_gpt_scratch.model.position import Position
 
 
 class KVCache:
-    """Keys and values of one layer for every slot decoded so far: (B, h_kv, max_len, hs)."""
+    """Keys and values of one layer for every slot decoded so far: (B, h_kv, max_len, hs).
 
-    def __init__(
-        self, batch: int, n_kv_head: int, max_len: int, head_size: int, like: torch.Tensor
-    ):
-        shape = (batch, n_kv_head, max_len, head_size)
-        self.k = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        self.v = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    The storage is allocated at the first ``update``, in the dtype and on the device of the
+    keys and values that arrive: under autocast (or FSDP mixed precision) that is the compute
+    dtype, not the weights' dtype.
+    """
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_size: int):
+        self.shape = (batch, n_kv_head, max_len, head_size)
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
         self.length = 0
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's keys and values; return all of them so far, (B, h_kv, T_keys, hs)."""
+        if self.k is None:
+            self.k = k.new_zeros(self.shape)
+            self.v = v.new_zeros(self.shape)
         start, end = self.length, self.length + k.size(2)
         if end > self.k.size(2):
             raise ValueError(f"KV cache holds {self.k.size(2)} slots, {end} needed")
@@ -86,7 +92,7 @@ class CausalSelfAttention(Attention):
         self.k_norm = RMSNorm(self.head_size) if qk_norm else None
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(batch, self.n_kv_head, max_len, self.head_size, like=self.c_proj.weight)
+        return KVCache(batch, self.n_kv_head, max_len, self.head_size)
 
     def forward(
         self,
@@ -111,11 +117,16 @@ class CausalSelfAttention(Attention):
             k = k.repeat_interleave(h // h_kv, dim=1)
             v = v.repeat_interleave(h // h_kv, dim=1)
         mask = self._mask(T, k.size(2), pad_mask, x.device)
-        # No mask: plain causal attention (training, prefill), which takes the fast kernels,
-        # or a single new query that may see every key (a decoding step).
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1
-        )
+        # Explicit branches, never ``is_causal=<expression of T>``: once torch.compile makes T
+        # dynamic, ``T > 1`` is a SymBool, which SDPA refuses; that graph break inside the
+        # block loop would make Dynamo run the whole GPT.forward eagerly from then on. A
+        # Python ``if`` on T is a guard instead, and each branch stays one graph.
+        if mask is not None:  # padding, a sliding window, or queries after cached keys
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif T > 1:  # plain causal attention (training, prefill): the fast kernels
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # one new query that may see every key (a decoding step)
+            y = F.scaled_dot_product_attention(q, k, v)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
         return self.c_proj(y)
 
