@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import small_run_args, write_text_corpus
+from multiprocess import losses, record_losses
 
 import lit_gpt_scratch.data.prepare as prepare_module
 import lit_gpt_scratch.data.sources as sources_module
@@ -72,16 +73,13 @@ def train_losses(cli, tmp_path: Path) -> list[float]:
     corpus = write_text_corpus(tmp_path / "corpus", corpus_documents())
     callbacks = tmp_path / "callbacks.yaml"
     record = tmp_path / "losses"
-    callbacks.write_text(
-        f"trainer:\n  callbacks:\n    - class_path: ddp_probes.RecordLosses\n"
-        f"      init_args: {{out: {record}}}\n"
-    )
+    callbacks.write_text(f"trainer:\n  callbacks:\n{record_losses(record)}")
     args = small_run_args(corpus, tmp_path / "data", **OVERRIDES)
     result = cli("fit", *args, f"--config={callbacks}")
     assert result.returncode == 0, result.stderr
-    by_step = json.loads(Path(f"{record}-rank0.json").read_text())
-    assert sorted(map(int, by_step)) == list(range(STEPS))
-    return [by_step[str(step)] for step in range(STEPS)]
+    by_step = losses(record)
+    assert sorted(by_step) == list(range(STEPS))
+    return [by_step[step] for step in range(STEPS)]
 
 
 def test_the_first_50_losses_match_the_golden_curve(cli, tmp_path, monkeypatch):
