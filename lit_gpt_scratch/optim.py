@@ -135,6 +135,11 @@ class Muon(torch.optim.Optimizer):
         self.compile_newton_schulz = compile_newton_schulz
         self._newton_schulz = None  # chosen at the first step, once the device is known
 
+    def __getstate__(self) -> dict:  # a copy keeps the options (torch's keeps only the state)
+        options = {"distribute": self.distribute, "_newton_schulz": None,
+                   "compile_newton_schulz": self.compile_newton_schulz}  # fmt: skip
+        return {**super().__getstate__(), **options}
+
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]

@@ -3,6 +3,7 @@ grow with depth, the orthogonalization split across DDP ranks, and flat shards r
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import socket
@@ -138,3 +139,13 @@ def test_a_compiled_newton_schulz_gives_the_same_step(monkeypatch):
     assert counters["stats"]["unique_graphs"] >= 1
     for eager, compiled in zip(weights[False], weights[True], strict=True):
         assert torch.equal(eager, compiled)
+
+
+def test_a_copied_muon_keeps_its_options_and_steps():
+    params = matrices()
+    opt = Muon([{"params": params, "role": "matrix"}], distribute=False)
+    twin = copy.deepcopy(opt)
+    assert twin.distribute is False and twin.compile_newton_schulz is None
+    for p in twin.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    twin.step()
