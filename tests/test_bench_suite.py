@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit_gpt_scratch.bench import suite
 from lit_gpt_scratch.bench.suite import Step, pytest_table, run_step
@@ -37,7 +38,7 @@ def test_the_smoke_run_reports_every_step_with_a_table(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     report = (tmp_path / "r.md").read_text()
     assert report in result.stdout
-    assert report.startswith("## GPU suite (smoke run on the CPU")
+    assert report.startswith("## Smoke run of the GPU suite on the CPU")
     found = sections(report)
     assert sorted(found) == [str(n) for n in range(1, len(suite.TITLES) + 1)]
     for number, text in found.items():
@@ -65,6 +66,14 @@ def test_a_step_that_no_longer_fits_the_budget_is_skipped(capsys):
     found = sections(report)
     assert sorted(found) == ["4", "6"]
     assert all("**skipped**: 1 s of the budget left" in text for text in found.values())
+
+
+def test_without_cuda_the_suite_asks_for_smoke(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit):
+        suite.main([])
+    assert "--smoke runs the same steps on the CPU" in capsys.readouterr().err
 
 
 def test_pytests_summary_becomes_a_table():

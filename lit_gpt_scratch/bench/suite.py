@@ -176,26 +176,31 @@ def tail(out: str, err: str) -> str:
 
 
 def header(argv: list[str], smoke: bool, budget: float) -> list[str]:
+    """The report's heading (the device's, as BENCHMARKS.md keeps rows per device), the
+    versions, the commit and the suite's command."""
     import lightning
     import torch
 
     from lit_gpt_scratch.bench.tokenize import cpu_model
 
-    if torch.cuda.is_available() and not smoke:
-        device = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    if smoke:
+        title = "Smoke run of the GPU suite on the CPU (tiny shapes: not figures)"
+        device = f"{cpu_model()} ({os.cpu_count()} cores)"
     else:
-        device = f"{cpu_model()} ({os.cpu_count()} cores), no GPU used"
+        title = torch.cuda.get_device_name()
+        device = f"{title}, CUDA {torch.version.cuda}"
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    title = "GPU suite" + (" (smoke run on the CPU: tiny shapes, not figures)" if smoke else "")
+        ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    command = f"python -m lit_gpt_scratch.bench.suite {shlex.join(argv)}".strip()
     return [
         f"## {title}",
         "",
         f"device: {device} · Python {platform.python_version()} · torch {torch.__version__} "
         f"· lightning {lightning.__version__} · commit {commit or 'unknown'} "
         f"· {datetime.date.today().isoformat()}",
-        f"command: `{f'python -m lit_gpt_scratch.bench.suite {shlex.join(argv)}'.strip()}`",
+        f"command: `{command}`",
         f"budget: {budget:.0f} s of wall-clock time for the whole suite",
     ]
 
@@ -210,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
+    if not args.smoke:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device: --smoke runs the same steps on the CPU")
     start = time.perf_counter()
     steps = plan(args.smoke, args.data_dir, args.global_batch_size)
     unknown = set(args.only or []) - {s.name for s in steps}
