@@ -3,8 +3,11 @@ training step waits for it.
 
 The loader reads synthetic tokens through the real path (memory-mapped ``TokenStream``,
 ``WindowSampler``, ``TrainWindows``, ``DataLoader``). "Alone" iterates it with no model;
-"wait" is the time a bare training loop blocks in ``next()`` for its batch (host to device
-copy included), as a share of the step.
+"wait" is the time a bare training loop blocks in ``next()`` for its batches (host to device
+copy included), summed over an optimizer step's micro-batches, as a share of the step. Both
+are medians over windows of ``--window`` optimizer steps, the device synchronised only at each
+window's ends: a wait the device hides (the host ahead of it) still counts, so the share is
+an upper bound on what data costs a step.
 
     python -m lit_gpt_scratch.bench.data                                   # tiny, CPU
     python -m lit_gpt_scratch.bench.data --configs configs/124m.yaml --workers 4
@@ -12,17 +15,12 @@ copy included), as a share of the step.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from lit_gpt_scratch.bench.step_timing import (
-    bare_step_times,
-    build_module,
-    workload,
-)
-from lit_gpt_scratch.bench.train import common_arguments, print_report, start
+from lit_gpt_scratch.bench.step_timing import bare_step_times, build_module, workload
+from lit_gpt_scratch.bench.train import common_arguments, print_report, start, windows
 
 
 def loader_alone(loader, batches: int) -> float:
@@ -42,29 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=500, help="batches timed alone")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    device = start(args)
+    device, plan = start(args), windows(args)
     rows = []
     for path in args.configs:
-        w = workload(path, Path(args.data_dir), args.batch_size, args.workers)
+        w = workload(path, Path(args.data_dir), args.batch_size, args.workers,
+                     args.global_batch_size)  # fmt: skip
         alone = loader_alone(w.loader, args.batches)
-        waits: list[float] = []
         module = build_module(w.config, compile=False)
         precision = w.trainer.get("precision", "32-true")
-        clip = w.trainer.get("gradient_clip_val")
-        steps = bare_step_times(module, w.loader, args.steps, precision, device, clip, waits)
-        step = statistics.median(steps[args.warmup :])
-        wait = statistics.median(waits[args.warmup + 1 :])  # waits[i] belongs to step i
+        times = bare_step_times(module, w, plan, precision, device)
+        step, wait = times.median_step, times.median_wait
         rows.append(
             f"| {w.name} | {w.loader.num_workers} | {w.batch_size} × {w.block_size + 1} | "
-            f"{alone:,.0f} | "
-            f"{1e3 / alone:.2f} | {step * 1e3:,.1f} | {wait * 1e3:.3f} | {wait / step:.2%} |"
+            f"{w.accumulation} | {alone:,.0f} | {1e3 / alone:.2f} | {step * 1e3:,.1f} | "
+            f"{wait * 1e3:.3f} | {wait / step:.2%} |"
         )
-    note = (
-        f"alone: {args.batches} batches; in the loop: medians of {args.steps - args.warmup} "
-        f"steps after {args.warmup} warm-up steps"
-    )
-    columns = ["config", "#workers", "batch (tokens)", "#alone batches/s", "#alone ms/batch",
-               "#step ms", "#wait ms/step", "#wait share"]  # fmt: skip
+    note = f"alone: {args.batches} batches; in the loop: {plan.describe()}"
+    columns = ["config", "#workers", "batch (tokens)", "#accumulation", "#alone batches/s",
+               "#alone ms/batch", "#step ms", "#wait ms/step", "#wait share"]  # fmt: skip
     print_report(argv, "data", device, note, columns, rows)
     return 0
 

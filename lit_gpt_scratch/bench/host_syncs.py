@@ -84,7 +84,8 @@ class CountHostSyncs(L.Callback):
         original = getattr(owner, name)
 
         def counting(*args, **kwargs):
-            self._count(counts, self.where, tag)
+            if not torch.compiler.is_compiling():  # Dynamo tracing: no host, nothing to count
+                self._count(counts, self.where, tag)
             return original(*args, **kwargs)
 
         setattr(owner, name, counting)

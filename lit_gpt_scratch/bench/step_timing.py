@@ -4,10 +4,15 @@ A config's model, optimizer and schedule are built exactly as ``fit`` builds the
 jsonargparse from the YAML), and fed windows of synthetic tokens through the real data path
 (memory-mapped ``TokenStream``, ``WindowSampler``, ``TrainWindows``, a ``DataLoader``). The same
 model is trained either by Lightning's Trainer around ``LitGPT`` or by a bare PyTorch loop that
-does what a hand-written nanoGPT-style loop does: forward, backward, clip, step, zero.
+does what a hand-written nanoGPT-style loop does: forward, backward (per micro-batch under
+gradient accumulation), clip, step, zero.
 
-A step's time is the gap between the ends of two consecutive optimizer steps (the wait for
-data and every framework hook included), with the device synchronised at each end.
+Time is measured over windows of optimizer steps, as ``fit`` runs them: the device is
+synchronised only at the start and the end of each window of ``Windows.size`` steps (after
+``Windows.warmup`` untimed steps), so the host runs ahead of the device inside a window exactly
+as it does in training, and whatever host time the device hides stays hidden. A step's time
+is its window's time over the window's steps: the wait for data, every framework hook and the
+accumulated micro-batches included.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import statistics
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+import torch._dynamo
 import yaml
 from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
@@ -41,13 +47,26 @@ class Workload:
     name: str
     config: dict
     block_size: int
-    batch_size: int
+    batch_size: int  # windows per micro-batch
+    accumulation: int  # micro-batches per optimizer step
     trainer: dict  # the config's trainer section (precision, clipping, logging interval)
     loader: DataLoader
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens trained on per optimizer step, all micro-batches counted."""
+        return self.batch_size * self.block_size * self.accumulation
 
-def workload(path: str | Path, data_dir: Path, batch_size: int | None, workers: int | None):
-    """``path``'s config with its batch size and loader processes unless overridden."""
+
+def workload(
+    path: str | Path,
+    data_dir: Path,
+    batch_size: int | None,
+    workers: int | None,
+    global_batch_size: int | None = None,
+) -> Workload:
+    """``path``'s config with its batch size, global batch and loader processes unless
+    overridden, on one device."""
     config = load_config(path)
     data = config["data"]
     batch = batch_size or data["batch_size"]
@@ -55,7 +74,29 @@ def workload(path: str | Path, data_dir: Path, batch_size: int | None, workers: 
     vocab = config["model"]["gpt"]["init_args"]["vocab_size"]
     loader = synthetic_loader(data_dir, vocab, data["block_size"], batch, workers)
     trainer = config.get("trainer", {})
-    return Workload(Path(path).stem, config, data["block_size"], batch, trainer, loader)
+    accumulate = accumulation(config, batch, global_batch_size)
+    return Workload(Path(path).stem, config, data["block_size"], batch, accumulate, trainer, loader)
+
+
+def accumulation(config: dict, batch_size: int, global_batch_size: int | None = None) -> int:
+    """Micro-batches per optimizer step on one device, as ``fit`` sets them:
+    ``global_batch_size`` (``global_batch_size`` if given, else the config's) / ``batch_size``,
+    else the config's ``trainer.accumulate_grad_batches``."""
+    given = config.get("trainer", {}).get("accumulate_grad_batches", 1)
+    global_batch = global_batch_size or config.get("global_batch_size")
+    if global_batch is None:
+        return given
+    accumulate, rest = divmod(global_batch, batch_size)
+    if rest or not accumulate:
+        raise ValueError(
+            f"global batch {global_batch} is not a multiple of the batch size {batch_size}"
+        )
+    if global_batch_size is None and given not in (1, accumulate):
+        raise ValueError(
+            f"trainer.accumulate_grad_batches {given} contradicts global_batch_size "
+            f"{global_batch} ({batch_size} x {accumulate})"
+        )
+    return accumulate
 
 
 def load_config(path: str | Path) -> dict:
@@ -65,15 +106,33 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
-def build_module(config: dict, compile: bool, seed: int = 0) -> LitGPT:
-    """``LitGPT`` from the config's ``model:`` section, seeded: every call, the same weights."""
+def build_module(config: dict, compile: bool, seed: int = 0, backend: str | None = None) -> LitGPT:
+    """``LitGPT`` from the config's ``model:`` section, seeded: every call, the same weights.
+
+    Dynamo's caches are reset first, so a compiled module compiles afresh: otherwise each new
+    module recompiles the same code objects and, past Dynamo's recompile limit, silently runs
+    eager. ``compile`` leaves compilation to ``LitGPT``, as in ``fit``; with a ``backend``
+    (e.g. ``aot_eager``, no code generation) the GPT is compiled in place here instead.
+    """
+    torch._dynamo.reset()
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(LitGPT, "model", fail_untyped=False)  # as LightningCLI does
     model = copy.deepcopy(config["model"])
-    model["compile"] = compile
+    model["compile"] = compile and backend is None
     cfg = parser.parse_object({"model": model})
     torch.manual_seed(seed)
-    return parser.instantiate_classes(cfg).model
+    module = parser.instantiate_classes(cfg).model
+    # The YAML specs as hyperparameters, as under the CLI: the logger writes these, not the
+    # objects built from them (dumping those took seconds of each run's start).
+    module.save_hyperparameters(model)
+    if compile and backend is not None:
+        module.gpt.compile(backend=backend)  # in place, as LitGPT.configure_model does
+    return module
+
+
+def compiled_graphs() -> int:
+    """Graphs Dynamo has compiled in this process so far (not reset by ``dynamo.reset``)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def synthetic_loader(
@@ -93,95 +152,169 @@ def synthetic_loader(
     )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# --- windows of optimizer steps -------------------------------------------------------------
 
 
-class _StepEnds(L.Callback):
-    def __init__(self):
-        self.ends: list[float] = []
+@dataclass(frozen=True)
+class Windows:
+    """``warmup`` untimed optimizer steps (compilation, allocator, caches), then ``count``
+    timed windows of ``size`` optimizer steps each."""
+
+    warmup: int = 10
+    size: int = 10
+    count: int = 3
+
+    def __post_init__(self):
+        if self.warmup < 0 or self.size < 1 or self.count < 1:
+            raise ValueError(f"no timed window: {self}")
+
+    @property
+    def steps(self) -> int:
+        return self.warmup + self.size * self.count
+
+    def describe(self) -> str:
+        return (
+            f"median over {self.count} windows of {self.size} optimizer steps, the device "
+            f"synchronised only at each window's ends, after {self.warmup} warm-up steps"
+        )
+
+
+@dataclass
+class WindowTimes:
+    """Per timed window: seconds per optimizer step, and seconds per optimizer step spent
+    waiting for batches (the bare loop's ``next()`` and host-to-device copy; 0 otherwise)."""
+
+    step: list[float] = field(default_factory=list)
+    wait: list[float] = field(default_factory=list)
+
+    def __iadd__(self, other: WindowTimes) -> WindowTimes:
+        self.step += other.step
+        self.wait += other.wait
+        return self
+
+    @property
+    def median_step(self) -> float:
+        return statistics.median(self.step)
+
+    @property
+    def median_wait(self) -> float:
+        return statistics.median(self.wait)
+
+
+class _WindowClock:
+    """Told each optimizer step's end, it synchronises the device and reads the clock at the
+    windows' boundaries only."""
+
+    def __init__(self, windows: Windows, device: torch.device):
+        self.windows, self.device = windows, device
+        self.times = WindowTimes()
+        self._start: float | None = None
+        self._waited = 0.0
+
+    def waited(self, seconds: float) -> None:
+        self._waited += seconds
+
+    def steps_done(self, steps: int) -> None:
+        """``steps`` optimizer steps have been queued since the start."""
+        w = self.windows
+        if steps < w.warmup or (steps - w.warmup) % w.size or steps > w.steps:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if self._start is not None:
+            self.times.step.append((now - self._start) / w.size)
+            self.times.wait.append(self._waited / w.size)
+        self._start, self._waited = now, 0.0
+
+
+class _WindowCallback(L.Callback):
+    def __init__(self, clock: _WindowClock):
+        self.clock = clock
+        self._seen = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step_end(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        _sync(pl_module.device)
-        self.ends.append(time.perf_counter())
+        self._step_end(trainer)  # under accumulation, after the optimizer step's last batch
+
+    def _step_end(self, trainer) -> None:
+        if trainer.global_step != self._seen:
+            self._seen = trainer.global_step
+            self.clock.steps_done(trainer.global_step)
 
 
 def lightning_step_times(
-    module: LitGPT, loader, steps: int, precision: str, accelerator: str, trainer_config: dict
-) -> list[float]:
-    """Seconds per step of ``steps`` steps of ``Trainer.fit``, as the CLI's fit runs it (its
+    module: LitGPT, w: Workload, windows: Windows, precision: str, accelerator: str
+) -> WindowTimes:
+    """``Trainer.fit`` for ``windows.steps`` optimizer steps, as the CLI's fit runs it (its
     throughput and learning-rate callbacks, a TensorBoard logger, a progress bar), with the
-    config's gradient clipping and logging interval."""
+    config's gradient clipping and logging interval and ``w.accumulation`` micro-batches per
+    optimizer step."""
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from lit_gpt_scratch.callbacks import ProgressBar, TokenThroughput
 
-    ends = _StepEnds()
+    device = torch.device("cuda" if accelerator in ("cuda", "gpu") else accelerator)
+    clock = _WindowClock(windows, device)
     with tempfile.TemporaryDirectory() as logs:
         trainer = L.Trainer(
             accelerator=accelerator,
             devices=1,
             precision=precision,
-            max_steps=steps,
-            gradient_clip_val=trainer_config.get("gradient_clip_val"),
+            max_steps=windows.steps,
+            accumulate_grad_batches=w.accumulation,
+            gradient_clip_val=w.trainer.get("gradient_clip_val"),
             limit_val_batches=0,
             num_sanity_val_steps=0,
             enable_checkpointing=False,
             enable_model_summary=False,
             use_distributed_sampler=False,
             logger=TensorBoardLogger(logs, name="bench"),
-            callbacks=[TokenThroughput(), LearningRateMonitor("step"), ProgressBar(), ends],
-            log_every_n_steps=trainer_config.get("log_every_n_steps", 50),
+            callbacks=[
+                TokenThroughput(),
+                LearningRateMonitor("step"),
+                ProgressBar(),
+                _WindowCallback(clock),
+            ],
+            log_every_n_steps=w.trainer.get("log_every_n_steps", 50),
         )
-        trainer.fit(module, train_dataloaders=loader)
-    return list(np.diff(ends.ends))
+        trainer.fit(module, train_dataloaders=w.loader)
+    return clock.times
 
 
 def bare_step_times(
-    module: LitGPT,
-    loader,
-    steps: int,
-    precision: str,
-    device: torch.device,
-    clip: float | None,
-    waits: list[float] | None = None,
-) -> list[float]:
-    """Seconds per step of a hand-written loop over the same model, optimizer and schedule.
-    ``waits``, if given, receives each step's wait for its batch."""
+    module: LitGPT, w: Workload, windows: Windows, precision: str, device: torch.device
+) -> WindowTimes:
+    """A hand-written loop over the same model, optimizer, schedule and micro-batches: each
+    micro-batch's loss / accumulation backward, then one clipped optimizer step."""
     if module.compile_model:
-        module.gpt.compile()
+        module.gpt.compile()  # in place, as LitGPT.configure_model does
     gpt = module.gpt.to(device).train()
-    optimizer, scheduler = module.build_optimizer(steps)
+    optimizer, scheduler = module.build_optimizer(windows.steps)
+    clip = w.trainer.get("gradient_clip_val")
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if precision == "bf16-mixed"
         else nullcontext()
     )
-    ends, it = [], iter(loader)
-    for _ in range(steps):
-        start = time.perf_counter()
-        batch = next(it).to(device, non_blocking=True)
-        if waits is not None:
-            waits.append(time.perf_counter() - start)
-        x, y = batch[:, :-1], batch[:, 1:]
-        with autocast:
-            _, loss = gpt(x, y)
-        loss.backward()
+    clock, it = _WindowClock(windows, device), iter(w.loader)
+    clock.steps_done(0)
+    for step in range(windows.steps):
+        for _ in range(w.accumulation):
+            start = time.perf_counter()
+            batch = next(it).to(device, non_blocking=True)
+            clock.waited(time.perf_counter() - start)
+            x, y = batch[:, :-1], batch[:, 1:]
+            with autocast:
+                _, loss = gpt(x, y)
+            (loss / w.accumulation).backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        ends.append(time.perf_counter())
-    return list(np.diff(ends))
-
-
-def median_after(times: list[float], warmup: int) -> float:
-    """Median of the step times after the first ``warmup`` (compilation, allocator, caches)."""
-    timed = times[warmup:]
-    if not timed:
-        raise ValueError(f"no timed steps: {len(times)} steps, warm-up {warmup}")
-    return statistics.median(timed)
+        clock.steps_done(step + 1)
+    return clock.times
