@@ -108,25 +108,26 @@ def load_config(path: str | Path) -> dict:
 
 def build_module(config: dict, compile: bool, seed: int = 0, backend: str | None = None) -> LitGPT:
     """``LitGPT`` from the config's ``model:`` section, seeded: every call, the same weights.
+    ``compile`` and ``backend`` (e.g. ``aot_eager``, no code generation) set its
+    ``model.compile`` and ``model.compile_backend``; it compiles itself, as in ``fit``.
 
     Dynamo's caches are reset first, so a compiled module compiles afresh: otherwise each new
     module recompiles the same code objects and, past Dynamo's recompile limit, silently runs
-    eager. ``compile`` leaves compilation to ``LitGPT``, as in ``fit``; with a ``backend``
-    (e.g. ``aot_eager``, no code generation) the GPT is compiled in place here instead.
+    eager.
     """
     torch._dynamo.reset()
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(LitGPT, "model", fail_untyped=False)  # as LightningCLI does
     model = copy.deepcopy(config["model"])
-    model["compile"] = compile and backend is None
+    model["compile"] = compile
+    if backend is not None:
+        model["compile_backend"] = backend
     cfg = parser.parse_object({"model": model})
     torch.manual_seed(seed)
     module = parser.instantiate_classes(cfg).model
     # The YAML specs as hyperparameters, as under the CLI: the logger writes these, not the
     # objects built from them (dumping those took seconds of each run's start).
     module.save_hyperparameters(model)
-    if compile and backend is not None:
-        module.gpt.compile(backend=backend)  # in place, as LitGPT.configure_model does
     return module
 
 
@@ -291,7 +292,7 @@ def bare_step_times(
     """A hand-written loop over the same model, optimizer, schedule and micro-batches: each
     micro-batch's loss / accumulation backward, then one clipped optimizer step."""
     if module.compile_model:
-        module.gpt.compile()  # in place, as LitGPT.configure_model does
+        module.gpt.compile(**module.compile_options)  # in place, as LitGPT.configure_model
     gpt = module.gpt.to(device).train()
     optimizer, scheduler = module.build_optimizer(windows.steps)
     clip = w.trainer.get("gradient_clip_val")
