@@ -60,6 +60,7 @@ def test_data_reports_the_loaders_share_of_a_step(fast, capsys):
     )
 
 
+@pytest.mark.slow  # five fresh processes, each building a 50k-vocabulary head
 def test_loss_memory_rows_agree_on_loss_and_gradients(capsys):
     from lit_gpt_scratch.bench import loss_memory
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import data_position, last_checkpoint, small_run_args, write_text_corpus
-from multiprocess import (
+from gloo_runs import (
     DDP,
     TOLERANCE,
     final_weights,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import ROOT
-from multiprocess import (
+from gloo_runs import (
     FSDP,
     TOLERANCE,
     final_weights,

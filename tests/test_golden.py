@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import small_run_args, write_text_corpus
-from multiprocess import losses, record_losses
+from gloo_runs import losses, record_losses
 
 import lit_gpt_scratch.data.prepare as prepare_module
 import lit_gpt_scratch.data.sources as sources_module
