@@ -113,14 +113,16 @@ class StopOnSignal(L.Callback):
             )
 
     def _agreed_signal(self, trainer) -> int | None:
-        if trainer.world_size == 1:
-            return self.received
-        # Once per optimizer step, after its last micro-batch: under gradient accumulation
-        # the micro-batches before it leave the step count where it was.
+        # Only after an optimizer step's last micro-batch (the step count has moved): a save
+        # between micro-batches would lose the gradient accumulated so far on resume.
         step, stepped = trainer.global_step, trainer.global_step != self._seen_step
         self._seen_step = step
+        if not stepped:
+            return None
+        if trainer.world_size == 1:
+            return self.received
         every = self.sync_every_n_steps or max(trainer.log_every_n_steps, 1)
-        if not stepped or step % every:
+        if step % every:
             return None
         # The largest signal number any rank received (0: none), the same on every rank.
         mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)

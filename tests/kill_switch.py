@@ -14,23 +14,25 @@ import torch
 class SignalAtStep(L.Callback):
     """Send ``signal`` at ``step``: ``when="end"`` in that batch's end hooks, before
     ModelCheckpoint (Lightning runs it last) could save it; ``"start"`` at the next batch's
-    start, after."""
+    start, after. ``batch``: at that batch index instead (under gradient accumulation, a
+    micro-batch inside an optimizer step)."""
 
-    def __init__(self, step: int, signal: str = "SIGKILL", when: str = "end"):
-        self.step, self.when = step, when
+    def __init__(self, step: int = -1, signal: str = "SIGKILL", when: str = "end", batch: int = -1):
+        self.step, self.when, self.batch = step, when, batch
         self.signum = int(getattr(signal_module, signal))
         self.sent = False
 
-    def _maybe_send(self, trainer, when: str) -> None:
-        if self.when == when and trainer.global_step == self.step and not self.sent:
+    def _maybe_send(self, trainer, when: str, batch_idx: int) -> None:
+        at = batch_idx == self.batch if self.batch >= 0 else trainer.global_step == self.step
+        if self.when == when and at and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)
 
-    def on_train_batch_end(self, trainer, *args) -> None:
-        self._maybe_send(trainer, "end")
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._maybe_send(trainer, "end", batch_idx)
 
-    def on_train_batch_start(self, trainer, *args) -> None:
-        self._maybe_send(trainer, "start")
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._maybe_send(trainer, "start", batch_idx)
 
 
 signal_module = signal

@@ -33,12 +33,12 @@ def fit(cwd: Path, args: list[str], *extra: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def signal_at(tmp_path: Path, step: int, name: str, when: str = "end") -> str:
+def signal_at(tmp_path: Path, step: int, name: str, when: str = "end", batch: int = -1) -> str:
     """A --config option adding tests/kill_switch.SignalAtStep to the run's callbacks."""
-    config = tmp_path / f"{name}-{step}.yaml"
+    config = tmp_path / f"{name}-{step}-{batch}.yaml"
     config.write_text(
         "trainer:\n  callbacks:\n    - class_path: kill_switch.SignalAtStep\n"
-        f"      init_args: {{step: {step}, signal: {name}, when: {when}}}\n"
+        f"      init_args: {{step: {step}, signal: {name}, when: {when}, batch: {batch}}}\n"
     )
     return f"--config={config}"
 
@@ -118,6 +118,33 @@ def test_signal_saves_the_current_step_and_exits_with_its_code(tmp_path, ten_ste
     resumed = fit(tmp_path / "run", args, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert losses(run) == uninterrupted
+
+
+def test_a_signal_between_micro_batches_saves_at_the_end_of_that_optimizer_step(tmp_path, corpus):
+    """2 micro-batches per optimizer step: SIGTERM after the first micro-batch of step 6
+    (batch 12) saves once the step's last one is done, at step 7, and the resumed run equals
+    one never stopped. A save between the two lost the first micro-batch's gradient: most of
+    the resumed losses and the final weights differed."""
+    overrides = {
+        "trainer.max_steps": "10",
+        "trainer.accumulate_grad_batches": "2",
+        "trainer.val_check_interval": "8",
+        "checkpoint.every_n_train_steps": "4",
+    }
+    args = small_run_args(corpus, tmp_path / "data", **overrides)
+    whole = fit(tmp_path / "whole", args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = fit(tmp_path / "run", args, signal_at(tmp_path, -1, "SIGTERM", batch=12))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    run = tmp_path / "run/checkpoints/tiny/version_0"
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 7  # the end of the step the signal arrived in
+
+    resumed = fit(tmp_path / "run", args, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(run) == losses(tmp_path / "whole/checkpoints/tiny/version_0")
+    a, b = final_weights(tmp_path / "whole/checkpoints/tiny/version_0"), final_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_rng_states_round_trip():
