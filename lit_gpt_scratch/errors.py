@@ -15,3 +15,10 @@ class Diverged(UserError):
     """Training produced a non-finite loss or gradient and the policy is to stop (exit 3)."""
 
     exit_code = 3
+
+
+def check_at_least(key: str, value, minimum) -> None:
+    """A ``UserError`` naming ``key`` unless ``value >= minimum``: the one-line check the typed
+    constructors run on their options, so every entry point reports a bad value alike."""
+    if value < minimum:
+        raise UserError(f"{key} must be at least {minimum}, got {value}")

@@ -33,7 +33,7 @@ from lit_gpt_scratch.checkpoint import (
     read_checkpoint,
 )
 from lit_gpt_scratch.data.datamodule import TokenDataModule
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
 from lit_gpt_scratch.model.build import first_difference
@@ -163,6 +163,7 @@ class LitGPTCLI(LightningCLI):
         # trainer.enable_checkpointing: false means no checkpoint: leave out `checkpoint:`'s
         # callback rather than let the Trainer refuse the combination.
         # Likewise trainer.logger: false leaves out the learning-rate monitor, which logs only.
+        _check_trainer_options(config)
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, RunCheckpoint)]
         if config.get("logger") is False:
@@ -256,6 +257,15 @@ class LitGPTCLI(LightningCLI):
 
     # evaluating a fine-tune's starting point (import_hf) checks the tensors too
     before_validate = before_test = before_predict = _checkpoint_that_fits
+
+
+def _check_trainer_options(config: dict) -> None:
+    """Trainer options Lightning accepts but that cannot train: refused in one line (a
+    negative clip value would turn clipping into gradient ascent)."""
+    check_at_least("trainer.accumulate_grad_batches", config.get("accumulate_grad_batches", 1), 1)
+    clip = config.get("gradient_clip_val")
+    if clip is not None:
+        check_at_least("trainer.gradient_clip_val", clip, 0)
 
 
 def run(args: list[str]) -> int:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim.adamw import adamw as functional_adamw
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, check_at_least
 
 
 class AdamW(torch.optim.AdamW):
@@ -35,6 +35,8 @@ class AdamW(torch.optim.AdamW):
         weight_decay: float = 0.1,
         fused: bool = True,
     ):
+        check_at_least("model.optimizer.init_args.lr", lr, 0)
+        check_at_least("model.optimizer.init_args.weight_decay", weight_decay, 0)
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused
         )
@@ -122,6 +124,10 @@ class Muon(torch.optim.Optimizer):
         distribute: bool = True,
         compile_newton_schulz: bool | None = None,
     ):
+        for key, value in dict(lr=lr, adamw_lr=adamw_lr, weight_decay=weight_decay).items():
+            check_at_least(f"model.optimizer.init_args.{key}", value, 0)
+        if not 0 <= momentum < 1:
+            raise UserError(f"model.optimizer.init_args.momentum must be in [0, 1), got {momentum}")
         groups = [dict(g) for g in params]
         if not all(isinstance(g, dict) and "role" in g for g in groups):
             raise ValueError("Muon needs param groups tagged with a role (lit_module.param_groups)")

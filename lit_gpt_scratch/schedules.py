@@ -7,7 +7,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, check_at_least
 
 
 class WarmupCosineLR(LRScheduler):
@@ -28,11 +28,26 @@ class WarmupCosineLR(LRScheduler):
         max_steps: int | None = None,
         min_lr: float = 0.0,
     ):
+        check_at_least("model.lr_scheduler.init_args.warmup_steps", warmup_steps, 0)
+        check_at_least("model.lr_scheduler.init_args.min_lr", min_lr, 0)
+        if max_steps is not None:
+            check_at_least("model.lr_scheduler.init_args.max_steps", max_steps, 1)
+        peak = min(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
+        if min_lr > peak:
+            raise UserError(
+                f"model.lr_scheduler.init_args.min_lr {min_lr} is above the optimizer's lr "
+                f"{peak}: the schedule would raise the rate as it decays"
+            )
         self.warmup_steps, self.max_steps, self.min_lr = warmup_steps, max_steps, min_lr
         super().__init__(optimizer)
 
-    def set_total_steps(self, total: int) -> None:
+    def set_total_steps(self, total: float) -> None:
         """Called by LitGPT with the run's optimizer steps when ``max_steps`` was left None."""
+        if self.max_steps is None and math.isinf(total):
+            raise UserError(
+                "model.lr_scheduler needs a length: the run sets no trainer.max_steps, so "
+                "set trainer.max_steps or model.lr_scheduler.init_args.max_steps"
+            )
         if self.max_steps is None:
             self.max_steps = int(total)
             self._reset_lr()

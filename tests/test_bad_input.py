@@ -138,3 +138,66 @@ def test_lightning_misconfiguration_is_one_line(cli, args):
 def test_bad_callback_options_are_one_line(cli, args, arg, message):
     result = cli("fit", *args, arg)
     assert result.returncode == 1 and last_line(result) == message
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (["--data.batch_size=0"], "data.batch_size must be at least 1, got 0"),
+        (["--data.num_workers=-1"], "data.num_workers must be at least 0, got -1"),
+        (["--model.gpt.init_args.n_head=3"], "model.gpt d_model 32 does not divide by n_head 3"),
+        (
+            ["--model.gpt.init_args.attention.init_args.n_kv_head=3"],
+            "model.gpt attention n_kv_head 3 does not divide n_head 2",
+        ),
+        (
+            ["--model.gpt.init_args.n_layer=0"],
+            "model.gpt.init_args.n_layer must be at least 1, got 0",
+        ),
+        (
+            ["--model.gpt.init_args.d_model=0"],
+            "model.gpt.init_args.d_model must be at least 1, got 0",
+        ),
+        (
+            ["--model.gpt.init_args.vocab_multiple=0"],
+            "model.gpt.init_args.vocab_multiple must be at least 1, got 0",
+        ),
+        (
+            ["--trainer.accumulate_grad_batches=0"],
+            "trainer.accumulate_grad_batches must be at least 1, got 0",
+        ),
+        (
+            ["--trainer.gradient_clip_val=-1"],
+            "trainer.gradient_clip_val must be at least 0, got -1",
+        ),
+        (
+            ["--model.optimizer.init_args.lr=-1"],
+            "model.optimizer.init_args.lr must be at least 0, got -1.0",
+        ),
+        (
+            ["--model.optimizer.init_args.weight_decay=-1"],
+            "model.optimizer.init_args.weight_decay must be at least 0, got -1.0",
+        ),
+        (
+            ["--model.lr_scheduler.init_args.warmup_steps=-5"],
+            "model.lr_scheduler.init_args.warmup_steps must be at least 0, got -5",
+        ),
+        (
+            ["--model.lr_scheduler.init_args.min_lr=1.0"],
+            "model.lr_scheduler.init_args.min_lr 1.0 is above the optimizer's lr 0.003: the "
+            "schedule would raise the rate as it decays",
+        ),
+        (
+            ["--trainer.max_steps=-1", "--trainer.max_time=00:00:00:20"],
+            "model.lr_scheduler needs a length: the run sets no trainer.max_steps, so set "
+            "trainer.max_steps or model.lr_scheduler.init_args.max_steps",
+        ),
+    ],
+    ids=lambda value: value[0].split("=")[0].lstrip("-") if isinstance(value, list) else "",
+)
+def test_an_option_that_cannot_train_is_one_line_naming_it(cli, args, options, line):
+    """Each of these gave a traceback, or (n_layer 0, d_model 0, a negative clip: gradient
+    ascent, warmup -5, min_lr above lr) trained and exited 0."""
+    result = cli("fit", *args, *options)
+    assert result.returncode == 1
+    assert last_line(result) == f"error: {line}"

@@ -33,7 +33,7 @@ from lit_gpt_scratch.data.tokens import (
     WindowSampler,
     read_meta,
 )
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.tokenizer import load_tokenizer
 
 
@@ -84,6 +84,10 @@ class TokenDataModule(L.LightningDataModule):
         prepare_per_node: bool = True,
     ):
         super().__init__()
+        check_at_least("data.batch_size", batch_size, 1)
+        check_at_least("data.num_workers", num_workers, 0)
+        check_at_least("data.block_size", block_size, 1)
+        check_at_least("data.val_windows", val_windows, 1)
         self.save_hyperparameters()  # the tokenizer etc. travel in checkpoints
         self.prepare_data_per_node = prepare_per_node  # read by Lightning's prepare_data step
         self.sources = list(sources)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.norm import RMSNorm
 from lit_gpt_scratch.model.position import Position
 
@@ -77,10 +78,11 @@ class CausalSelfAttention(Attention):
     ):
         super().__init__()
         n_kv_head = n_kv_head or n_head
-        if d_model % n_head or n_head % n_kv_head:
-            raise ValueError(
-                f"attention: d_model {d_model} must divide by n_head {n_head}, "
-                f"and n_head by n_kv_head {n_kv_head}"
+        if d_model % n_head:
+            raise UserError(f"model.gpt d_model {d_model} does not divide by n_head {n_head}")
+        if n_kv_head < 1 or n_head % n_kv_head:
+            raise UserError(
+                f"model.gpt attention n_kv_head {n_kv_head} does not divide n_head {n_head}"
             )
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_size = d_model // n_head

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.model.attention import Attention, CausalSelfAttention, KVCache
 from lit_gpt_scratch.model.mlp import MLP, GeluMLP
 from lit_gpt_scratch.model.norm import LayerNorm, Norm
@@ -99,6 +99,10 @@ class GPT(nn.Module):
         loss_chunk_size: int = 0,
     ):
         super().__init__()
+        sizes = dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                     n_head=n_head, d_model=d_model, vocab_multiple=vocab_multiple)  # fmt: skip
+        for key, value in sizes.items():
+            check_at_least(f"model.gpt.init_args.{key}", value, 1)
         if loss_chunk_size < 0:
             raise UserError(f"model.gpt loss_chunk_size must be 0 or more, got {loss_chunk_size}")
         if logit_softcap is not None and logit_softcap <= 0:
