@@ -20,6 +20,21 @@ from lit_gpt_scratch.model.generate import generate_text
 from lit_gpt_scratch.tokenizer import load_tokenizer
 
 
+def usable_device(name: str) -> str:
+    """``name`` (cpu, cuda, cuda:N, or auto) if this machine has it; else a UserError."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device: cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine has no CUDA GPU (use cpu or auto)")
+    return name
+
+
 def generate(
     ckpt_path: str,
     prompt: str = "",
@@ -50,10 +65,10 @@ def generate(
     """
     if num_samples < 1 or max_new_tokens < 1:
         raise UserError("--num_samples and --max_new_tokens must be at least 1")
-    if temperature < 0 or (top_k is not None and top_k < 1) or not 0 < (top_p or 1) <= 1:
+    bad_top_p = top_p is not None and not 0 < top_p <= 1
+    if temperature < 0 or (top_k is not None and top_k < 1) or bad_top_p:
         raise UserError("--temperature must be >= 0, --top_k >= 1, --top_p in (0, 1]")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = usable_device(device)
     loaded = load_gpt(ckpt_path, device)
     tok = load_tokenizer(tokenizer or loaded.tokenizer)
     if tok.vocab_size > loaded.gpt.vocab_size:

@@ -150,3 +150,54 @@ def test_save_gpt_never_overwrites(tmp_path):
     save_gpt(tmp_path / "a.ckpt", build_gpt(spec), spec)
     with pytest.raises(UserError, match="a.ckpt exists"):
         save_gpt(tmp_path / "a.ckpt", build_gpt(spec), spec)
+
+
+@pytest.mark.parametrize(
+    ("option", "line"),
+    [
+        ("--top_p=0", "--temperature must be >= 0, --top_k >= 1, --top_p in (0, 1]"),
+        ("--device=mps", "--device 'mps': only cpu and cuda are supported"),
+        ("--device=gpu0", "--device 'gpu0' is not a device: cpu, cuda, cuda:N or auto"),
+    ],
+)
+def test_generate_refuses_bad_sampling_options_in_one_line(tmp_path, cli, option, line):
+    spec = tiny_spec()
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    result = cli("generate", f"--ckpt_path={tmp_path / 'm.ckpt'}", option)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {line}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_generate_on_cuda_without_a_gpu_is_one_line(tmp_path, cli):
+    spec = tiny_spec()
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    result = cli("generate", f"--ckpt_path={tmp_path / 'm.ckpt'}", "--device=cuda")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --device cuda: this machine has no CUDA GPU (use cpu or auto)"
+    )
+
+
+def test_text_generation_never_samples_an_id_the_tokenizer_lacks():
+    """A 4,096-id model with the 257-id bytes tokenizer (a legal config): its head favours
+    id 4000, which the tokenizer cannot decode. Sampling stays among the tokenizer's ids."""
+    from lit_gpt_scratch.model.generate import generate, generate_text
+    from lit_gpt_scratch.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("bytes")
+    gpt = build_gpt(tiny_spec(vocab_size=4096, block_size=32))
+
+    def favours_4000(idx, **options):  # (B, T) -> (B, T, 4096) logits, no loss
+        logits = torch.zeros(*idx.shape, 4096)
+        logits[..., 4000] = 10.0
+        return logits, None
+
+    for temperature in (0.0, 1.0):
+        [ids] = generate(gpt, [[97, 98]], 16, temperature=temperature, seed=0,
+                         forward=favours_4000, vocab_limit=tokenizer.vocab_size)  # fmt: skip
+        assert len(ids) == 16 and max(ids) < tokenizer.vocab_size
+        # and the text path passes its tokenizer's size: before, KeyError on id 4000
+        [text] = generate_text(gpt, tokenizer, "ab", 16, temperature=temperature, seed=0,
+                               forward=favours_4000)  # fmt: skip
+        assert isinstance(text, str) and text

@@ -52,6 +52,7 @@ def generate(
     use_cache: bool = True,
     forward=None,
     early_stop: bool = True,
+    vocab_limit: int | None = None,
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` ids, stopping early at ``stop_id``.
 
@@ -60,7 +61,9 @@ def generate(
     ``forward``: what to call instead of ``model`` for each step, with ``model``'s arguments
     (a sharded training wrapper whose forward gathers the weights, say). ``early_stop``
     False runs all ``max_new_tokens`` steps even after every row has stopped, so that
-    processes generating together make the same number of calls.
+    processes generating together make the same number of calls. ``vocab_limit``: sample
+    only ids below it (a tokenizer with fewer ids than the model can never get one it cannot
+    decode).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -98,7 +101,8 @@ def generate(
         else:
             sequence = torch.cat([idx, new_ids], dim=1)
             logits, _ = forward(sequence, pos=positions, pad_mask=keys_mask)
-        next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+        last = logits[:, -1, :vocab_limit]  # (B, V): the ids the tokenizer has
+        next_id = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
         new_ids = torch.cat([new_ids, next_id[:, None]], dim=1)
         if stop_id is not None and early_stop:
             done |= next_id == stop_id
@@ -122,8 +126,9 @@ def generate_text(
     if room < 1:
         raise ValueError(f"the prompt has {len(ids)} tokens; the model reads {model.block_size}")
     outputs = generate(
-        model, [ids] * num_samples, min(max_new_tokens, room), stop_id=tokenizer.eot_id, **sampling
-    )
+        model, [ids] * num_samples, min(max_new_tokens, room), stop_id=tokenizer.eot_id,
+        vocab_limit=tokenizer.vocab_size, **sampling,
+    )  # fmt: skip
     return [tokenizer.decode(new) for new in outputs]
 
 
