@@ -108,10 +108,10 @@ class LitGPTCLI(LightningCLI):
         if not self.config.get("subcommand"):
             return
         config = self.config[self.config.subcommand]
+        root = runs_root(config.trainer.logger)  # also refuses a run name that climbs out
         path = config.get("ckpt_path")
         if not path:
             return
-        root = runs_root(config.trainer.logger)
         if path == "last" and root and config.checkpoint.dirpath is None:
             # Lightning looks for "last" in this run's own folder, a new version_N: never there.
             path = config.ckpt_path = self._newest_readable_last(root)

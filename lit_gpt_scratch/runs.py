@@ -10,6 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lit_gpt_scratch.errors import UserError
+
 VERSION_RE = re.compile(r"version_(\d+)")
 
 
@@ -35,6 +37,11 @@ def runs_root(logger_config) -> Path | None:
     if save_dir is None:
         return None
     name = getattr(init_args, "name", None)
+    if name and (Path(name).name != name or name in (".", "..")):
+        raise UserError(
+            f"trainer.logger.init_args.name {name!r} is not a plain folder name: runs land in "
+            f"{save_dir}/<name>/, so leave out '/' and '..'"
+        )
     return Path(save_dir) / name if name else Path(save_dir)
 
 

@@ -201,3 +201,14 @@ def test_an_option_that_cannot_train_is_one_line_naming_it(cli, args, options, l
     result = cli("fit", *args, *options)
     assert result.returncode == 1
     assert last_line(result) == f"error: {line}"
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", ".."])
+def test_a_run_name_that_climbs_out_of_the_runs_folder_is_refused(tmp_path, cli, args, name):
+    result = cli("fit", *args, f"--trainer.logger.init_args.name={name}")
+    assert result.returncode == 1
+    assert last_line(result) == (
+        f"error: trainer.logger.init_args.name {name!r} is not a plain folder name: runs land "
+        "in checkpoints/<name>/, so leave out '/' and '..'"
+    )
+    assert not (tmp_path / "outside").exists()

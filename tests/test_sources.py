@@ -72,11 +72,13 @@ def test_glob_matches_files_and_directories(tmp_path):
 
 
 def test_sources_keep_list_order_across_kinds(tmp_path):
-    (tmp_path / "a.txt").write_text("file a")
-    (tmp_path / "r.jsonl").write_text('{"text": "rec 1"}\n{"text": "rec 2"}\n')
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir/a.txt").write_text("file a")
+    (tmp_path / "dir/r.jsonl").write_text('{"text": "rec 1"}\n{"text": "rec 2"}\n')
+    (tmp_path / "dir/y.txt").write_text("file y")
     (tmp_path / "z.txt").write_text("file z")
-    plan = plan_sources([str(tmp_path / "z.txt"), str(tmp_path)])
-    assert documents(plan) == ["file z", "file a", "rec 1", "rec 2", "file z"]
+    plan = plan_sources([str(tmp_path / "z.txt"), str(tmp_path / "dir")])
+    assert documents(plan) == ["file z", "file a", "rec 1", "rec 2", "file y"]
 
 
 @given(
@@ -112,6 +114,30 @@ def test_jsonl_custom_field_and_errors_name_the_record(tmp_path):
     path.write_text('{"text": "ok"}\n{oops\n')
     with pytest.raises(UserError, match=r"r\.jsonl: record at byte 15 is not valid JSON"):
         documents(plan_sources([str(path)]))
+
+
+def test_jsonl_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Windows tools start UTF-8 files with a BOM: it was refused as invalid JSON."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')
+    assert documents(plan_sources([str(path)])) == ["first", "second"]
+
+
+def test_a_file_listed_twice_is_refused(tmp_path):
+    """Listed twice, one file's documents went into train and val: the val loss measured
+    text the model trained on."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("alpha")
+    with pytest.raises(UserError, match=f"^data.sources lists '{corpus}' twice: list each"):
+        plan_sources([str(corpus), str(corpus)])
+    inside = str(corpus / "a.txt")
+    with pytest.raises(UserError, match=f"a.txt of '{inside}' is listed by '{corpus}' too"):
+        plan_sources([str(corpus), inside])
+    link = tmp_path / "link.txt"
+    link.symlink_to(corpus / "a.txt")
+    with pytest.raises(UserError, match="listed by"):  # the same file by another name
+        plan_sources([inside, str(link)])
 
 
 def test_jsonl_invalid_utf8_is_flagged_not_fatal(tmp_path):
@@ -215,7 +241,8 @@ def test_streamed_and_local_sources_keep_list_order(tmp_path):
     pytest.importorskip("datasets")
     (tmp_path / "d.jsonl").write_text('{"text": "streamed"}\n')
     (tmp_path / "local.txt").write_text("local")
+    (tmp_path / "other.txt").write_text("other")
     stream = f"hf:json?data_files={tmp_path / 'd.jsonl'}"
-    plan = plan_sources([str(tmp_path / "local.txt"), stream, str(tmp_path / "local.txt")])
-    assert documents(plan) == ["local", "streamed", "local"]
+    plan = plan_sources([str(tmp_path / "local.txt"), stream, str(tmp_path / "other.txt")])
+    assert documents(plan) == ["local", "streamed", "other"]
     assert documents(plan_sources([stream, str(tmp_path / "local.txt")])) == ["streamed", "local"]

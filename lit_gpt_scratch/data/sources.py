@@ -72,6 +72,9 @@ class TextFiles:
             yield decode_utf8(_read_bytes(path))
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 @dataclass(frozen=True)
 class JsonlRange:
     """The records of a .jsonl file whose line starts in [start, end)."""
@@ -105,6 +108,8 @@ class JsonlRange:
         if not line.strip():
             return
         where = f"{self.path}: record at byte {offset}"
+        if offset == 0 and line.startswith(UTF8_BOM):  # as Windows tools write them
+            line = line[len(UTF8_BOM) :]
         doc = decode_utf8(line)
         try:
             record = json.loads(doc.text)
@@ -167,12 +172,23 @@ def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int 
     skipped: list[str] = []
     manifest = hashlib.sha256()
     parts: list[list[Chunk] | Iterator[Chunk]] = []  # in source order; streams stay lazy
+    listed_by: dict[str, str] = {}  # resolved file -> the source that listed it first
+    twice = next((s for i, s in enumerate(sources) if s in sources[:i]), None)
+    if twice is not None:
+        raise UserError(f"data.sources lists {twice!r} twice: list each source once")
     for source in sources:
         if source.startswith(HF_PREFIX):
             manifest.update(f"stream\0{source}\n".encode())
             parts.append(_hf_chunks(source, text_field, chunk_bytes))
             continue
         files = _resolve_local(source, skipped)  # (kind, path), kind in text/jsonl/parquet
+        for _, path in files:  # the same file twice would put its documents in train and val
+            first = listed_by.setdefault(os.path.realpath(path), source)
+            if first != source:
+                raise UserError(
+                    f"data.sources: {path} of {source!r} is listed by {first!r} too: its "
+                    "documents would be read twice, into train and val; list each file once"
+                )
         for kind, path in files:
             st = os.stat(path)
             manifest.update(f"{kind}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
