@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import StoppedNow, UserError
 
 # OSErrors of the machine, not of the code: no space, no permission, a read-only filesystem.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -168,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+    except StoppedNow:
+        print(
+            "error: stopped at once by a second Ctrl-C, without saving this step: "
+            "--ckpt_path last resumes from the last checkpoint saved",
+            file=sys.stderr,
+        )
         return 130
     except RuntimeError as e:
         if not peer_stopped(e):

@@ -17,6 +17,11 @@ class Diverged(UserError):
     exit_code = 3
 
 
+class StoppedNow(BaseException):
+    """A second Ctrl-C during training: stop at once, without saving (exit code 130). Not a
+    KeyboardInterrupt, which Lightning turns into exit code 1 with no word of why."""
+
+
 def check_at_least(key: str, value, minimum) -> None:
     """A ``UserError`` naming ``key`` unless ``value >= minimum``: the one-line check the typed
     constructors run on their options, so every entry point reports a bad value alike."""

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_gpt_scratch.distributed import all_reduce
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import StoppedNow, UserError
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint, last_path_of
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class StopOnSignal(L.Callback):
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            raise StoppedNow  # a second Ctrl-C: stop now
         if self.received is None:
             self.received = signum
             log.warning(

@@ -15,10 +15,14 @@ class SignalAtStep(L.Callback):
     """Send ``signal`` at ``step``: ``when="end"`` in that batch's end hooks, before
     ModelCheckpoint (Lightning runs it last) could save it; ``"start"`` at the next batch's
     start, after. ``batch``: at that batch index instead (under gradient accumulation, a
-    micro-batch inside an optimizer step)."""
+    micro-batch inside an optimizer step). ``times``: send it that many times in a row (a
+    double Ctrl-C)."""
 
-    def __init__(self, step: int = -1, signal: str = "SIGKILL", when: str = "end", batch: int = -1):
-        self.step, self.when, self.batch = step, when, batch
+    def __init__(
+        self, step: int = -1, signal: str = "SIGKILL", when: str = "end", batch: int = -1,
+        times: int = 1,
+    ):  # fmt: skip
+        self.step, self.when, self.batch, self.times = step, when, batch, times
         self.signum = int(getattr(signal_module, signal))
         self.sent = False
 
@@ -26,7 +30,8 @@ class SignalAtStep(L.Callback):
         at = batch_idx == self.batch if self.batch >= 0 else trainer.global_step == self.step
         if self.when == when and at and not self.sent:
             self.sent = True
-            os.kill(os.getpid(), self.signum)
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._maybe_send(trainer, "end", batch_idx)

@@ -33,12 +33,15 @@ def fit(cwd: Path, args: list[str], *extra: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def signal_at(tmp_path: Path, step: int, name: str, when: str = "end", batch: int = -1) -> str:
+def signal_at(
+    tmp_path: Path, step: int, name: str, when: str = "end", batch: int = -1, times: int = 1
+) -> str:
     """A --config option adding tests/kill_switch.SignalAtStep to the run's callbacks."""
-    config = tmp_path / f"{name}-{step}-{batch}.yaml"
+    config = tmp_path / f"{name}-{step}-{batch}-{times}.yaml"
+    options = f"step: {step}, signal: {name}, when: {when}, batch: {batch}, times: {times}"
     config.write_text(
         "trainer:\n  callbacks:\n    - class_path: kill_switch.SignalAtStep\n"
-        f"      init_args: {{step: {step}, signal: {name}, when: {when}, batch: {batch}}}\n"
+        f"      init_args: {{{options}}}\n"
     )
     return f"--config={config}"
 
@@ -145,6 +148,21 @@ def test_a_signal_between_micro_batches_saves_at_the_end_of_that_optimizer_step(
     assert losses(run) == losses(tmp_path / "whole/checkpoints/tiny/version_0")
     a, b = final_weights(tmp_path / "whole/checkpoints/tiny/version_0"), final_weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_stops_at_once_with_code_130_and_says_so(tmp_path, ten_steps):
+    """Lightning turned the second Ctrl-C's KeyboardInterrupt into exit code 1 (the bad-input
+    code) with no error line."""
+    args, _ = ten_steps
+    stopped = fit(tmp_path / "run", args, signal_at(tmp_path, 6, "SIGINT", times=2))
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "error: stopped at once by a second Ctrl-C, without saving this step: "
+        "--ckpt_path last resumes from the last checkpoint saved"
+    )
+    run = tmp_path / "run/checkpoints/tiny/version_0"
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4  # the save before; nothing at step 6
 
 
 def test_rng_states_round_trip():
