@@ -1,0 +1,52 @@
+"""FolderLock: one holder at a time, across real processes, and never left stale by a kill."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.locks import FolderLock, folder_lock
+
+HOLD = """
+import sys, time
+from lit_gpt_scratch.locks import FolderLock
+FolderLock(sys.argv[1], "x").acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def hold_in_other_process(folder):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == b"held"
+    return holder
+
+
+def test_a_second_holder_is_refused_in_one_line_naming_the_folder(tmp_path):
+    holder = hold_in_other_process(tmp_path)
+    try:
+        with pytest.raises(UserError, match=r"^data_dir d is in use by another process"):
+            FolderLock(tmp_path, "data_dir d").acquire(wait_s=0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    holder = hold_in_other_process(tmp_path)
+    holder.kill()  # SIGKILL: no cleanup code runs
+    holder.wait()
+    with folder_lock(tmp_path, "x") as lock:
+        assert lock.held
+
+
+def test_a_waiter_gets_the_lock_once_the_holder_ends(tmp_path):
+    holder = hold_in_other_process(tmp_path)
+    killer = subprocess.Popen(["sh", "-c", f"sleep 0.5; kill {holder.pid}"])
+    lock = FolderLock(tmp_path, "x")
+    lock.acquire(wait_s=30)
+    assert lock.held
+    lock.release()
+    killer.wait()
+    holder.wait()
