@@ -1,8 +1,6 @@
-"""Training callbacks: throughput/MFU and generated text samples in TensorBoard, and a
-progress bar that does not stall the GPU.
+"""Training callbacks: throughput/MFU and generated text samples in TensorBoard.
 
-The first two appear at the top level of a training config (``throughput:``, ``samples:``);
-the progress bar replaces Lightning's default one.
+Both appear at the top level of a training config (``throughput:``, ``samples:``).
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
 
 # Dense bf16 peak FLOP/s (no sparsity), by the exact name torch.cuda.get_device_name gives.
@@ -186,37 +183,3 @@ class TextSamples(L.Callback):
 
 def _is_sharded(trainer) -> bool:
     return isinstance(trainer.strategy, FSDPStrategy)
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's TQDM bar, showing ``train/loss`` as read on the steps where Lightning reads
-    the logged metrics for the logger anyway (every ``log_every_n_steps``).
-
-    A metric logged with ``prog_bar=True`` is read (``.item()``) after every step, and on a GPU
-    each read makes the host wait for the device. So the loss is logged without it, and this
-    bar reads it at the logging steps only. The step count still moves every step.
-    """
-
-    def get_metrics(self, trainer, pl_module) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None:
-            metrics["train/loss"] = f"{loss.item():.3f}"
-        return metrics
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._seen_step = trainer.global_step  # the optimizer step count at the last batch end
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # Under gradient accumulation only the last micro-batch of a step moves the count: the
-        # ones before a logging step share its count, but Lightning reads nothing there.
-        stepped, self._seen_step = trainer.global_step != self._seen_step, trainer.global_step
-        bar, n = self.train_progress_bar, batch_idx + 1
-        if bar is None or bar.disable or (n % self.refresh_rate and n != bar.total):
-            return
-        bar.n = n
-        if stepped and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
-            bar.set_postfix(self.get_metrics(trainer, pl_module))  # also refreshes
-        else:
-            bar.refresh()

@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        from lit_gpt_scratch.strict_yaml import use_strict_yaml
+
+        use_strict_yaml()
         return SUBCOMMANDS[name][1](rest)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -24,7 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegi
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lit_gpt_scratch.callbacks import ProgressBar, TextSamples, TokenThroughput
+from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
 from lit_gpt_scratch.checkpoint import (
     check_weights_fit,
     is_sharded,
@@ -32,6 +33,7 @@ from lit_gpt_scratch.checkpoint import (
     load_weights,
     read_checkpoint,
 )
+from lit_gpt_scratch.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.host_memory import keep_freed_memory
@@ -168,13 +170,18 @@ class LitGPTCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, RunCheckpoint)]
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        # Our progress bar, unless the config names one: the stock bar syncs with the GPU
-        # at every step to show the loss.
+        # Our progress bar and model summary, unless the config names its own: the stock bar
+        # syncs with the GPU at every step to show the loss, and the stock summary shows
+        # "FLOPs: 0" (it has no example input to count them on).
         given = [*callbacks, *(config.get("callbacks") or [])]
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, LightningProgressBar) for c in given
         ):
             callbacks = [*callbacks, ProgressBar()]
+        if config.get("enable_model_summary") is not False and not any(
+            isinstance(c, LightningModelSummary) for c in given
+        ):
+            callbacks = [*callbacks, ModelSummary()]
         try:
             return super()._instantiate_trainer(config, callbacks)
         except ValueError as e:  # the Trainer's own checks of its arguments (strategy, devices)
@@ -271,6 +278,7 @@ def _check_trainer_options(config: dict) -> None:
 def run(args: list[str]) -> int:
     """Run a LightningCLI subcommand (``args[0]``) with the rest of the command line."""
     keep_freed_memory()
+    quiet_lightning()
     # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     try:

@@ -124,7 +124,7 @@ class LitGPT(L.LightningModule):
             datamodule.mark_batch_consumed()
         loss = self._loss(batch)
         # Not prog_bar=True: Lightning would read it (a host sync) after every step.
-        # callbacks.ProgressBar shows it at the logging steps instead.
+        # console.ProgressBar shows it at the logging steps instead.
         self.log("train/loss", loss, on_step=True)
         return loss
 

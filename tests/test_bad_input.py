@@ -212,3 +212,19 @@ def test_a_run_name_that_climbs_out_of_the_runs_folder_is_refused(tmp_path, cli,
         "in checkpoints/<name>/, so leave out '/' and '..'"
     )
     assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "prepare"])
+def test_a_key_written_twice_in_a_config_is_refused_naming_both_lines(
+    tmp_path, cli, args, subcommand
+):
+    """PyYAML keeps the later of two equal keys without a word."""
+    config = tmp_path / "twice.yaml"
+    config.write_text("data:\n  batch_size: 4\n  val_windows: 8\n  batch_size: 2\n")
+    result = cli(subcommand, *args, f"--config={config}")
+    assert result.returncode == 1
+    assert last_line(result) == (  # jsonargparse names the file relative to the working folder
+        "error: Problems parsing config: twice.yaml: key 'batch_size' is set twice, on lines 2 "
+        "and 4: keep one (see --help)"
+    )
+    assert not (tmp_path / "data").exists() and not (tmp_path / "checkpoints").exists()

@@ -256,7 +256,8 @@ def lightning_step_times(
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lit_gpt_scratch.callbacks import ProgressBar, TokenThroughput
+    from lit_gpt_scratch.callbacks import TokenThroughput
+    from lit_gpt_scratch.console import ProgressBar
 
     device = torch.device("cuda" if accelerator in ("cuda", "gpu") else accelerator)
     clock = _WindowClock(windows, device)

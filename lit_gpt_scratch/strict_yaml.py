@@ -1,0 +1,51 @@
+"""YAML configs where a key written twice in one mapping is an error, not a silent override.
+
+PyYAML, and so jsonargparse, keeps the later of two equal keys without a word: a config that
+sets ``lr`` twice trains with the second value, whichever one its reader looked at.
+``use_strict_yaml()`` makes every config this project parses (files and ``--key=value``
+values alike) refuse it, naming the key and both lines.
+"""
+
+from __future__ import annotations
+
+import yaml
+from jsonargparse import set_loader
+from jsonargparse._loaders_dumpers import get_yaml_default_loader, yaml_load
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: int, second: int, path: str | None = None):
+        self.key, self.first, self.second, self.path = key, first, second, path
+        where = f"{path}: " if path else ""
+        super().__init__(
+            f"{where}key {key!r} is set twice, on lines {first} and {second}: keep one"
+        )
+
+
+class _NoDuplicateKeys(get_yaml_default_loader()):
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if key in first_line:
+                    raise DuplicateKey(key, first_line[key], line)
+                first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def strict_yaml_load(stream, path=None):
+    """jsonargparse's YAML loader, after a check that no mapping repeats a key (``path``:
+    the config file it came from, which jsonargparse passes for files)."""
+    if isinstance(stream, str) and stream.strip():
+        try:
+            yaml.load(stream, Loader=_NoDuplicateKeys)
+        except DuplicateKey as e:
+            raise DuplicateKey(e.key, e.first, e.second, path and str(path)) from None
+    return yaml_load(stream)
+
+
+def use_strict_yaml() -> None:
+    set_loader("yaml", strict_yaml_load, exceptions=(yaml.YAMLError,))
