@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from lit_gpt_scratch.errors import UserError
 
@@ -53,8 +52,9 @@ def atomic_torch_save(obj, path: str | Path, label: str = "checkpoint") -> None:
         _sync_folder(path.parent)  # the rename itself survives a power cut
     except BaseException as e:
         _remove_quietly(tmp)
-        if isinstance(e, OSError | RuntimeError):
-            raise UserError(f"{label} {path}: {_reason(e)}") from None
+        cause = _os_error(e)
+        if cause is not None:  # the machine's (a full disk, a read-only one), not the code's
+            raise UserError(f"{label} {path}: {_reason(cause)}") from None
         raise
 
 
@@ -84,12 +84,17 @@ def _check_folder_possible(path: Path, label: str) -> Path:
     return Path(".")
 
 
-def _reason(error: BaseException) -> str:
-    """An OSError's own words; torch wraps a failed write in a RuntimeError of its own."""
-    cause = error if isinstance(error, OSError) else error.__context__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    return " ".join(str(error).split())[:200]
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed write: torch wraps one in a RuntimeError of its own."""
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
+        return error.__context__
+    return None
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or " ".join(str(error).split())[:200]
 
 
 def _sync_folder(folder: Path) -> None:
@@ -128,10 +133,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def install_atomic_checkpoint_io(strategy) -> None:
-    """Give ``strategy`` the atomic writer in place of Lightning's default one. A checkpoint IO
-    plugin the config names stays; FSDP's sharded saves write directories of their own."""
-    io = strategy.checkpoint_io  # Lightning creates its default on first read
-    if type(io) is TorchCheckpointIO:
+    """Give ``strategy`` the atomic writer in place of Lightning's default one (one device,
+    DDP, FSDP's full saves; FSDP's sharded saves write directories of their own). A checkpoint
+    IO plugin the config names (``trainer.plugins``) stays as it is."""
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, made on read
         strategy.checkpoint_io = AtomicCheckpointIO()
-    elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
-        io.checkpoint_io = AtomicCheckpointIO()  # e.g. AsyncCheckpointIO around the default

@@ -49,9 +49,10 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         # Lightning saves to last-v1.ckpt, last-v2.ckpt... when last.ckpt exists and is not
-        # the last_model_path it restored, which it restores only when the checkpoint's dirpath
-        # is this one's (not after the run folder moved). The rotation keeps its names exact:
-        # the newest is always last.ckpt, and --ckpt_path last finds it.
+        # the last_model_path it restored: it restores none when the checkpoint's dirpath is
+        # not this one's (the run folder moved), and a top-k file saved before the first
+        # last.ckpt holds none. The rotation keeps its names exact: the newest is always
+        # last.ckpt, and --ckpt_path last finds it.
         if self.save_last:
             self.last_model_path = str(self.last_path)
         super()._save_last_checkpoint(trainer, monitor_candidates)

@@ -205,3 +205,30 @@ def test_ckpt_path_best_is_the_newest_runs_best_or_one_line(tmp_path, cli):
     folder = ckpt_dir(tmp_path)
     assert last_names(folder) == ["last-1.ckpt", "last.ckpt"]
     assert (step_of(folder / "last.ckpt"), step_of(folder / "last-1.ckpt")) == (4, 2)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ddp", "fsdp"])
+def test_every_strategy_saves_through_the_atomic_writer(strategy, tmp_path):
+    """One device, DDP, and FSDP for its full saves (its sharded saves write directories of
+    their own): all get the writer beside the final name."""
+    import lightning as L
+    from cpu_fsdp import CPUFSDPStrategy
+
+    from lit_gpt_scratch.checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
+
+    chosen = {"auto": "auto", "ddp": "ddp", "fsdp": CPUFSDPStrategy()}[strategy]
+    trainer = L.Trainer(accelerator="cpu", devices=1 if strategy == "auto" else 2,
+                        strategy=chosen, logger=False, default_root_dir=tmp_path)  # fmt: skip
+    install_atomic_checkpoint_io(trainer.strategy)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_the_atomic_writer_never_writes_through_a_link(tmp_path):
+    from lit_gpt_scratch.checkpoint_io import atomic_torch_save
+
+    atomic_torch_save({"step": 1}, tmp_path / "last.ckpt")
+    os.link(tmp_path / "last.ckpt", tmp_path / "last-1.ckpt")
+    atomic_torch_save({"step": 2}, tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last-1.ckpt")["step"] == 1
+    assert torch.load(tmp_path / "last.ckpt")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-1.ckpt", "last.ckpt"]

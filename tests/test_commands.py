@@ -221,11 +221,13 @@ def test_import_hf_to_an_unwritable_out_is_one_line_naming_it(hf_dir, tmp_path, 
 
 
 def test_generate_and_export_refuse_nan_weights_naming_the_parameter(tmp_path, cli):
-    spec = tiny_spec()
+    """Before, generate crashed in sampling (probability tensor contains inf or nan) and export
+    wrote the weights out."""
+    spec = tiny_spec(vocab_size=320)
     gpt = build_gpt(spec)
     with torch.no_grad():
         gpt.blocks[0].mlp.c_fc.weight[0, 1] = float("inf")
-    save_gpt(tmp_path / "inf.ckpt", gpt, spec)
+    save_gpt(tmp_path / "inf.ckpt", gpt, spec, "bytes")
     expected = (
         f"error: checkpoint {tmp_path / 'inf.ckpt'}: parameter blocks.0.mlp.c_fc.weight holds "
         "NaN or infinity (the file is damaged): use an older checkpoint"
