@@ -13,7 +13,6 @@ A checkpoint is a Lightning checkpoint: a dict with
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +114,26 @@ def check_weights_fit(gpt: GPT, ckpt: dict, path: str | Path) -> None:
         raise UserError(f"checkpoint {path} holds another architecture: {mismatch}")
 
 
+def first_nonfinite_weight(ckpt: dict) -> str | None:
+    """The GPT name of the first checkpoint tensor holding a NaN or an infinity, or None. A
+    flipped bit can make a weight NaN and leave the file valid: reading finds no damage."""
+    for name, tensor in gpt_weights(ckpt).items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            return name
+    return None
+
+
+def check_weights_finite(ckpt: dict, path: str | Path) -> None:
+    """UserError naming the first non-finite weight: such a checkpoint would load, then train
+    or sample nothing but NaN (training never saves one: LitGPT refuses it)."""
+    bad = first_nonfinite_weight(ckpt)
+    if bad is not None:
+        raise UserError(
+            f"checkpoint {path}: parameter {bad} holds NaN or infinity (the file is damaged): "
+            "use an older checkpoint"
+        )
+
+
 def load_weights(gpt: GPT, ckpt: dict, path: str | Path) -> None:
     """Copy a checkpoint's GPT weights into ``gpt``; UserError naming the file if they differ."""
     check_weights_fit(gpt, ckpt, path)
@@ -133,6 +152,7 @@ def _build_and_load(ckpt: dict, path: str | Path, device: str | torch.device = "
     except Exception as e:
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"checkpoint {path}: its model spec does not build ({reason})") from None
+    check_weights_finite(ckpt, path)
     load_weights(gpt, ckpt, path)
     data = ckpt.get("datamodule_hyper_parameters") or {}
     tokenizer = data.get("tokenizer") or DEFAULT_TOKENIZER
@@ -173,9 +193,14 @@ def load_sharded_gpt(path: str | Path) -> LoadedGPT:
     return _build_and_load(ckpt, path)
 
 
-def save_gpt(path: str | Path, gpt: GPT, spec: dict, tokenizer: str = DEFAULT_TOKENIZER) -> None:
-    """Write ``gpt`` as a checkpoint ``load_gpt`` and ``fit --ckpt_path`` read; never overwrites."""
+def save_gpt(
+    path: str | Path, gpt: GPT, spec: dict, tokenizer: str = DEFAULT_TOKENIZER, label: str = "--out"
+) -> None:
+    """Write ``gpt`` as a checkpoint ``load_gpt`` and ``fit --ckpt_path`` read; never overwrites.
+    A path that cannot be written is a UserError naming ``label`` (the option that gave it)."""
     import lightning
+
+    from lit_gpt_scratch.checkpoint_io import atomic_torch_save
 
     path = Path(path)
     if path.exists():
@@ -188,7 +213,4 @@ def save_gpt(path: str | Path, gpt: GPT, spec: dict, tokenizer: str = DEFAULT_TO
         "epoch": 0,
         "global_step": 0,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # a file under the final name is always whole
+    atomic_torch_save(ckpt, path, label)  # a file under the final name is always whole

@@ -27,12 +27,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
 from lit_gpt_scratch.checkpoint import (
+    check_weights_finite,
     check_weights_fit,
     is_sharded,
     is_weights_only,
     load_weights,
     read_checkpoint,
 )
+from lit_gpt_scratch.checkpoint_io import install_atomic_checkpoint_io, remove_stale
 from lit_gpt_scratch.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.errors import UserError, check_at_least
@@ -117,6 +119,9 @@ class LitGPTCLI(LightningCLI):
         if path == "last" and root and config.checkpoint.dirpath is None:
             # Lightning looks for "last" in this run's own folder, a new version_N: never there.
             path = config.ckpt_path = self._newest_readable_last(root)
+        if path == "best" and root and config.checkpoint.dirpath is None:
+            # Lightning knows a best checkpoint only within the process that saved it.
+            path = config.ckpt_path = str(best_of_newest_run(root))
         if path is None or path in LIGHTNING_CKPT_NAMES:
             return
         # memory-mapped: cheap, and it names a damaged file; of a sharded one, its meta.pt
@@ -130,6 +135,7 @@ class LitGPTCLI(LightningCLI):
         if self.config.subcommand != "fit" or run is None:
             return  # evaluating, or a checkpoint from elsewhere: a new run folder
         config.trainer.logger.init_args.version = run.version
+        _remove_stale_temporaries(run)
         self.resume_step = int(ckpt["global_step"])  # the step the first resumed batch logs at
         # config.yaml stays the run's first; each resume saves its own config beside it.
         self.save_config_kwargs = {
@@ -147,7 +153,9 @@ class LitGPTCLI(LightningCLI):
         skipped = False
         for candidate in last_candidates(run):
             try:
-                read_checkpoint(candidate, sharded=True)
+                ckpt = read_checkpoint(candidate, sharded=True)
+                if not is_sharded(candidate):  # a sharded one's weights: read by FSDP only
+                    check_weights_finite(ckpt, candidate)  # damage that kept the file valid
             except UserError as e:
                 skipped = True
                 # Set aside (kept for a look), so later rotations keep only good files.
@@ -183,9 +191,11 @@ class LitGPTCLI(LightningCLI):
         ):
             callbacks = [*callbacks, ModelSummary()]
         try:
-            return super()._instantiate_trainer(config, callbacks)
+            trainer = super()._instantiate_trainer(config, callbacks)
         except ValueError as e:  # the Trainer's own checks of its arguments (strategy, devices)
             raise UserError(" ".join(str(e).split())) from None
+        install_atomic_checkpoint_io(trainer.strategy)  # never a copy from $TMPDIR over a link
+        return trainer
 
     def before_fit(self) -> None:
         """``global_batch_size`` sets the accumulation and ``val_every_n_steps`` the
@@ -260,10 +270,45 @@ class LitGPTCLI(LightningCLI):
             return None  # "best", None: Lightning resolves them
         ckpt = read_checkpoint(path)
         check_weights_fit(self.model.gpt, ckpt, path)  # names the first mismatching parameter
+        check_weights_finite(ckpt, path)  # a resume or a fine-tune from NaN weights: refused
         return ckpt
 
     # evaluating a fine-tune's starting point (import_hf) checks the tensors too
     before_validate = before_test = before_predict = _checkpoint_that_fits
+
+
+def best_of_newest_run(root: Path) -> Path:
+    """``--ckpt_path best``: the best checkpoint (by ``checkpoint.monitor``) of the newest run
+    of this config, as its newest readable last checkpoint records it."""
+    run = newest_resumable(root)
+    for candidate in last_candidates(run) if run else []:
+        try:
+            callbacks = read_checkpoint(candidate, sharded=True).get("callbacks") or {}
+        except UserError:
+            continue
+        for state in callbacks.values():
+            best = state.get("best_model_path") if isinstance(state, dict) else None
+            if best:  # by its name in this folder: the run folder may have moved since
+                path = run.path / "checkpoints" / Path(best).name
+                if path.exists():
+                    return path
+        break
+    raise UserError(
+        f"--ckpt_path best: no best checkpoint in the runs under {root} (one is kept at each "
+        "validation that improves checkpoint.monitor): train first, resume with --ckpt_path "
+        "last, or give a checkpoint file"
+    )
+
+
+def _remove_stale_temporaries(run) -> None:
+    """A save killed midway leaves its temporary file beside the checkpoints: a resume of the
+    run removes them (rank 0, before any save of this run)."""
+    if rank_zero_only.rank != 0:
+        return
+    removed = remove_stale(run.path / "checkpoints")
+    if removed:
+        names = ", ".join(p.name for p in removed)
+        rank_zero_info(f"removed the temporary files of saves that did not finish: {names}")
 
 
 def _check_trainer_options(config: dict) -> None:

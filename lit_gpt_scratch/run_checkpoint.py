@@ -2,8 +2,9 @@
 the newest (``last-1.ckpt``, ...), so a checkpoint damaged after it was written still leaves
 a good one to resume from. Configured as the top-level ``checkpoint:`` section.
 
-Every write goes to a temporary file renamed over the target (Lightning's atomic save), so a
-kill during a save leaves the previous ``last.ckpt`` whole.
+Every write goes to a temporary file beside the target, renamed over it
+(``checkpoint_io.AtomicCheckpointIO``), so a kill during a save leaves the previous
+``last.ckpt`` whole.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ class RunCheckpoint(ModelCheckpoint):
         self.last_model_path = str(self.last_path)
         self._save_checkpoint(trainer, str(self.last_path))
         return self.last_path
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        # Lightning saves to last-v1.ckpt, last-v2.ckpt... when last.ckpt exists and is not
+        # the last_model_path it restored: it restores none when the checkpoint's dirpath is
+        # not this one's (the run folder moved), and a top-k file saved before the first
+        # last.ckpt holds none. The rotation keeps its names exact: the newest is always
+        # last.ckpt, and --ckpt_path last finds it.
+        if self.save_last:
+            self.last_model_path = str(self.last_path)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         if self.save_last and Path(filepath) == self.last_path and trainer.is_global_zero:

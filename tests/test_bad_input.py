@@ -75,17 +75,21 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, cli, arg
     assert cli("fit", *args, "--checkpoint.every_n_train_steps=2").returncode == 0
     last = tmp_path / "checkpoints/tiny/version_0/checkpoints/last.ckpt"
     before = last.read_bytes()
-    from fsspec.implementations.local import LocalFileOpener
+    save = torch.save
 
-    def no_space(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device", self.path)
+    def no_space_halfway(obj, file, *a, **kw):  # the disk fills up during the write
+        file.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(LocalFileOpener, "write", no_space)
+    monkeypatch.setattr(torch, "save", no_space_halfway)
     result = cli("fit", *args, "--trainer.max_steps=6", "--ckpt_path=last")
+    monkeypatch.setattr(torch, "save", save)
     assert result.returncode == 1
     line = last_line(result)
-    assert line.startswith("error: ") and line.endswith(".ckpt: No space left on device")
+    assert line.startswith("error: checkpoint checkpoints/tiny/version_0/checkpoints/")
+    assert line.endswith(".ckpt: No space left on device")  # the checkpoint's name, no tmp file
     assert last.read_bytes() == before  # the last good checkpoint, untouched
+    assert not [p for p in last.parent.iterdir() if p.name.endswith(".tmp")]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
 
 

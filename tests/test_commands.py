@@ -201,3 +201,38 @@ def test_text_generation_never_samples_an_id_the_tokenizer_lacks():
         [text] = generate_text(gpt, tokenizer, "ab", 16, temperature=temperature, seed=0,
                                forward=favours_4000)  # fmt: skip
         assert isinstance(text, str) and text
+
+
+def test_import_hf_to_an_unwritable_out_is_one_line_naming_it(hf_dir, tmp_path, cli):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "m.ckpt"
+    line = one_error_line(cli("import_hf", f"--hf_dir={hf_dir}", f"--out={out}"))
+    assert line == f"error: --out {out}: {tmp_path / 'a_file'} is a file, not a folder"
+    full = tmp_path / "read-only"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(full)])
+    if mounted.returncode:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        line = one_error_line(cli("import_hf", f"--hf_dir={hf_dir}", f"--out={full / 'm.ckpt'}"))
+        assert line == f"error: --out {full / 'm.ckpt'}: Read-only file system"
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
+def test_generate_and_export_refuse_nan_weights_naming_the_parameter(tmp_path, cli):
+    """Before, generate crashed in sampling (probability tensor contains inf or nan) and export
+    wrote the weights out."""
+    spec = tiny_spec(vocab_size=320)
+    gpt = build_gpt(spec)
+    with torch.no_grad():
+        gpt.blocks[0].mlp.c_fc.weight[0, 1] = float("inf")
+    save_gpt(tmp_path / "inf.ckpt", gpt, spec, "bytes")
+    expected = (
+        f"error: checkpoint {tmp_path / 'inf.ckpt'}: parameter blocks.0.mlp.c_fc.weight holds "
+        "NaN or infinity (the file is damaged): use an older checkpoint"
+    )
+    assert one_error_line(cli("generate", f"--ckpt_path={tmp_path / 'inf.ckpt'}")) == expected
+    export = cli("export", f"--ckpt_path={tmp_path / 'inf.ckpt'}", f"--out_dir={tmp_path / 'hf'}")
+    assert one_error_line(export) == expected
+    assert not (tmp_path / "hf").exists()
