@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 SILENCED_LOG_PREFIXES = ("💡 Tip:", "Trainer already configured with model summary callbacks")
 SILENCED_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's _pytree on torch 2.13
+    r"Checkpoint directory .* exists and is not empty",  # a resume continues its own folder
 )
 
 

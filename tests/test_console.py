@@ -36,6 +36,8 @@ def run_output(tmp_path_factory):
     )
     result = fit(root / "run", args)
     assert result.returncode == 0, result.stderr
+    result.resumed = fit(root / "run", args, "--trainer.max_steps=8", "--ckpt_path=last")
+    assert result.resumed.returncode == 0, result.resumed.stderr
     return result
 
 
@@ -60,6 +62,9 @@ def test_lightning_lines_print_once_without_its_tip_flops_or_deprecation_warning
     assert "Tip:" not in err and "FLOPs" not in err and "LeafSpec" not in err, err
     assert "INFO:" not in err and "model summary" not in err, err
     assert "GPT: " in err  # the project's own summary is there instead
+    # a resume continues its own run folder: Lightning's warning about it is no news
+    assert "resuming from" in run_output.resumed.stderr
+    assert "exists and is not empty" not in run_output.resumed.stderr
 
 
 def test_the_model_summary_counts_each_part_and_the_flops_per_token():
