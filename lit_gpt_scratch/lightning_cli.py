@@ -43,7 +43,13 @@ from lit_gpt_scratch.lit_module import LitGPT
 from lit_gpt_scratch.model.build import first_difference
 from lit_gpt_scratch.preemption import StopOnSignal
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint
-from lit_gpt_scratch.runs import last_candidates, newest_resumable, run_of_checkpoint, runs_root
+from lit_gpt_scratch.runs import (
+    last_candidates,
+    last_candidates_in,
+    newest_resumable,
+    run_of_checkpoint,
+    runs_root,
+)
 
 # `strategy: ddp`, and the DDP that `auto` picks for several devices: gradients live as views
 # into DDP's all-reduce buckets instead of beside them, a gradient-sized copy less (0.5 GB at
@@ -119,9 +125,10 @@ class LitGPTCLI(LightningCLI):
         if path == "last" and root and config.checkpoint.dirpath is None:
             # Lightning looks for "last" in this run's own folder, a new version_N: never there.
             path = config.ckpt_path = self._newest_readable_last(root)
-        if path == "best" and root and config.checkpoint.dirpath is None:
+        if path == "best":
             # Lightning knows a best checkpoint only within the process that saved it.
-            path = config.ckpt_path = str(best_of_newest_run(root))
+            dirpath = config.checkpoint.dirpath
+            path = config.ckpt_path = str(best_checkpoint(root, dirpath and Path(dirpath)))
         if path is None or path in LIGHTNING_CKPT_NAMES:
             return
         # memory-mapped: cheap, and it names a damaged file; of a sharded one, its meta.pt
@@ -277,11 +284,22 @@ class LitGPTCLI(LightningCLI):
     before_validate = before_test = before_predict = _checkpoint_that_fits
 
 
-def best_of_newest_run(root: Path) -> Path:
-    """``--ckpt_path best``: the best checkpoint (by ``checkpoint.monitor``) of the newest run
-    of this config, as its newest readable last checkpoint records it."""
-    run = newest_resumable(root)
-    for candidate in last_candidates(run) if run else []:
+def best_checkpoint(root: Path | None, dirpath: Path | None) -> Path:
+    """``--ckpt_path best``: the best checkpoint (by ``checkpoint.monitor``) that the newest
+    readable last checkpoint records, in ``checkpoint.dirpath`` when the config sets one, else
+    in the newest run folder of this config (under ``root``)."""
+    if dirpath is not None:
+        folder, where = dirpath, f"checkpoint.dirpath {dirpath}"
+    elif root is not None:
+        run = newest_resumable(root)
+        folder, where = run and run.path / "checkpoints", f"the runs under {root}"
+    else:
+        raise UserError(
+            "--ckpt_path best: this config keeps no run folders (no logger) and sets no "
+            "checkpoint.dirpath, so there is no best checkpoint to find: give a checkpoint file"
+        )
+    candidates = [] if folder is None else last_candidates_in(folder)
+    for candidate in candidates:
         try:
             callbacks = read_checkpoint(candidate, sharded=True).get("callbacks") or {}
         except UserError:
@@ -289,12 +307,12 @@ def best_of_newest_run(root: Path) -> Path:
         for state in callbacks.values():
             best = state.get("best_model_path") if isinstance(state, dict) else None
             if best:  # by its name in this folder: the run folder may have moved since
-                path = run.path / "checkpoints" / Path(best).name
+                path = folder / Path(best).name
                 if path.exists():
                     return path
         break
     raise UserError(
-        f"--ckpt_path best: no best checkpoint in the runs under {root} (one is kept at each "
+        f"--ckpt_path best: no best checkpoint in {where} (one is kept at each "
         "validation that improves checkpoint.monitor): train first, resume with --ckpt_path "
         "last, or give a checkpoint file"
     )

@@ -107,7 +107,12 @@ def rotate_last(last: Path, keep_older: int) -> None:
 
 def last_candidates(run: RunFolder) -> list[Path]:
     """``last.ckpt``, ``last-1.ckpt``, ... of a run folder, newest first, those that exist."""
-    last = run.last_checkpoint
+    return last_candidates_in(run.last_checkpoint.parent)
+
+
+def last_candidates_in(folder: Path) -> list[Path]:
+    """``last.ckpt``, ``last-1.ckpt``, ... in a checkpoint folder, newest first, as exist."""
+    last = folder / LAST
     found = [last] if last.exists() else []
     n = 1
     while older_last(last, n).exists():

@@ -232,3 +232,27 @@ def test_the_atomic_writer_never_writes_through_a_link(tmp_path):
     assert torch.load(tmp_path / "last-1.ckpt")["step"] == 1
     assert torch.load(tmp_path / "last.ckpt")["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last-1.ckpt", "last.ckpt"]
+
+
+def test_ckpt_path_best_without_run_folders_or_with_a_dirpath(tmp_path, cli):
+    """Without a logger, or with checkpoint.dirpath set, "best" went to Lightning: a
+    ValueError traceback. With a dirpath it is the best file its last.ckpt records."""
+    args = run_args(tmp_path, **{"trainer.max_steps": "2"})
+    line = error_line(cli("validate", *args, "--trainer.logger=false", "--ckpt_path=best"))
+    assert line == (
+        "error: --ckpt_path best: this config keeps no run folders (no logger) and sets no "
+        "checkpoint.dirpath, so there is no best checkpoint to find: give a checkpoint file"
+    )
+    folder = tmp_path / "kept"
+    line = error_line(cli("validate", *args, f"--checkpoint.dirpath={folder}", "--ckpt_path=best"))
+    assert line.startswith(
+        f"error: --ckpt_path best: no best checkpoint in checkpoint.dirpath {folder} "
+    )
+    assert cli("fit", *args, f"--checkpoint.dirpath={folder}").returncode == 0
+    [best] = [p for p in folder.iterdir() if p.name.startswith("step=2-")]
+    validated = cli("validate", *args, f"--checkpoint.dirpath={folder}", "--ckpt_path=best")
+    assert validated.returncode == 0, validated.stderr
+    assert (
+        f"Restoring states from the checkpoint path at {best}"
+        in validated.stderr + validated.stdout
+    )
