@@ -63,8 +63,10 @@ class TokenDataModule(L.LightningDataModule):
         persistent_workers: Keep DataLoader workers alive between evaluations.
         val_windows: At most this many val windows, evenly spread through the val split.
         seed: Seed of the training window order (each epoch a new permutation).
-        allow_approximate_resume: Resume from a checkpoint saved with another world size or
-            batch size at the same share of the epoch, instead of refusing.
+        allow_approximate_resume: Resume inexactly instead of refusing: from a checkpoint
+            saved with another world size or batch size (at the same share of the epoch),
+            another ``seed`` (the new order from the same position), another corpus (from
+            its first window), or one lacking loop, random or data state. Each is warned.
         prepare_per_node: Run ``prepare`` on the first process of every node (each node has
             its own ``data_dir``: local disks). False: on the first process of the run only,
             for a ``data_dir`` every node sees (shared storage).
