@@ -156,13 +156,10 @@ def _differences(saved: dict, configured: dict) -> list[str]:
     for part in ("optimizer", "lr_scheduler"):
         before, after = saved[part], configured[part]
         pairs = zip(before, after, strict=True) if part == "optimizer" else [(before, after)]
-        for old, new in pairs:
-            for key in sorted(old.keys() | new.keys()):
-                name = f"model.{part} {'lr' if key == 'initial_lr' else key}"
-                if (
-                    old.get(key) != new.get(key)
-                    and key != "base_lrs"
-                    and not any(c.startswith(f"{name} ") for c in changed)
-                ):
-                    changed.append(f"{name} {old.get(key)} -> {new.get(key)}")
+        for old, new in pairs:  # a param group's change once, however many groups share it
+            for key in sorted((old.keys() | new.keys()) - {"base_lrs"}):  # base_lrs: the lr's
+                name = "lr" if key == "initial_lr" else key
+                change = f"model.{part} {name} {old.get(key)} -> {new.get(key)}"
+                if old.get(key) != new.get(key) and change not in changed:
+                    changed.append(change)
     return changed

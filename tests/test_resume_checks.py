@@ -245,3 +245,25 @@ def test_a_checkpoint_without_optimizer_state_is_refused(tmp_path, cli, run):
         f"error: checkpoint {RUN}/checkpoints/last.ckpt holds no optimizer state: it cannot "
         "resume a run; start a new run from its weights instead"
     )
+
+
+def test_a_scheduler_without_a_closed_form_refuses_changed_settings():
+    """torch's own schedulers compute each lr from the one before: their value at a step
+    under new settings is unknown, so a change is refused rather than half applied."""
+    from lit_gpt_scratch.errors import UserError
+    from lit_gpt_scratch.schedules import apply_configured, configured_settings
+
+    def build(gamma: float):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=gamma)
+
+    optimizer, scheduler = build(0.5)
+    configured = configured_settings(optimizer, scheduler)
+    for _ in range(3):
+        optimizer.step(), scheduler.step()
+    lr = optimizer.param_groups[0]["lr"]
+    assert apply_configured(optimizer, scheduler, configured, step=3) == []  # unchanged: kept
+    assert optimizer.param_groups[0]["lr"] == lr
+    _, other = build(0.1)
+    with pytest.raises(UserError, match=r"^model.lr_scheduler StepLR cannot continue with "):
+        apply_configured(optimizer, scheduler, configured_settings(optimizer, other), step=3)
