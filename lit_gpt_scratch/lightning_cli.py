@@ -42,6 +42,7 @@ from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
 from lit_gpt_scratch.model.build import first_difference
 from lit_gpt_scratch.preemption import StopOnSignal
+from lit_gpt_scratch.resume_checks import NothingToTrain, check_resume
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint
 from lit_gpt_scratch.runs import (
     last_candidates,
@@ -138,6 +139,8 @@ class LitGPTCLI(LightningCLI):
         difference = first_difference(ckpt["hyper_parameters"]["gpt"], config.model.gpt.as_dict())
         if difference:
             raise UserError(f"checkpoint {path} holds another model than the config: {difference}")
+        if self.config.subcommand == "fit":  # Lightning will resume its training state
+            check_resume(ckpt, path, config, sharded=is_sharded(path))
         run = run_of_checkpoint(path, root) if root else None
         if self.config.subcommand != "fit" or run is None:
             return  # evaluating, or a checkpoint from elsewhere: a new run folder
@@ -346,6 +349,9 @@ def run(args: list[str]) -> int:
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     try:
         cli = _run_cli()
+    except NothingToTrain as e:  # a finished run resumed again (a requeue): done, say so
+        rank_zero_only(print)(e, file=sys.stderr)
+        return 0
     except MisconfigurationException as e:  # Lightning's word for a bad combination of options
         raise UserError(" ".join(str(e).split())) from None
     except argparse.ArgumentError as e:  # an unknown key, a bad value

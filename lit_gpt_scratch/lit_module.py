@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric, SumMetric
 
 from lit_gpt_scratch.distributed import all_reduce, unwrapped_name, world_size
@@ -20,7 +20,7 @@ from lit_gpt_scratch.errors import Diverged, UserError
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.optim import AdamW, skips_on_device
 from lit_gpt_scratch.rng import all_ranks_rng_states, restore_rank_rng_states
-from lit_gpt_scratch.schedules import WarmupCosineLR
+from lit_gpt_scratch.schedules import WarmupCosineLR, apply_configured, configured_settings
 
 
 class LitGPT(L.LightningModule):
@@ -88,6 +88,8 @@ class LitGPT(L.LightningModule):
         self.test_nats, self.test_bytes = SumMetric(), SumMetric()
         self.register_buffer("token_bytes", None, persistent=False)  # (vocab,), set_token_bytes
         self._rng_states_to_restore: list[dict] | None = None
+        self._resumed = False
+        self._configured: dict | None = None  # configured_settings, put back over a resume's
         self.nonfinite, self.max_consecutive_skips = nonfinite, max_consecutive_skips
         self.consecutive_skips = 0
         self.skipped_steps = 0
@@ -192,6 +194,24 @@ class LitGPT(L.LightningModule):
         # Restored at the first resumed batch, not now: between loading and that batch
         # Lightning draws from the generators (a DataLoader iterator takes its base seed).
         self._rng_states_to_restore = checkpoint.get("rng_states")
+        self._resumed = True
+
+    def on_train_start(self) -> None:
+        # Lightning has loaded the checkpoint's optimizer and scheduler state over the ones
+        # configure_optimizers built: put the config's settings back (resume_checks).
+        if self._resumed and self._configured is not None:
+            self._follow_the_config()
+
+    def _follow_the_config(self) -> None:
+        [optimizer], [config] = self.trainer.optimizers, self.trainer.lr_scheduler_configs
+        step = self.trainer.global_step
+        changed = apply_configured(optimizer, config.scheduler, self._configured, step)
+        if changed:
+            lr = optimizer.param_groups[0]["lr"]
+            rank_zero_info(
+                f"resumed at step {step} with the config's settings ({', '.join(changed)}): "
+                f"lr {lr:.4g} at this step, as a run started with them has it"
+            )
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self._rng_states_to_restore is not None:
@@ -304,6 +324,7 @@ class LitGPT(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer, scheduler = self.build_optimizer(self.trainer.estimated_stepping_batches)
+        self._configured = configured_settings(optimizer, scheduler)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

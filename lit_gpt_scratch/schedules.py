@@ -105,3 +105,61 @@ class WarmupStableDecayLR(WarmupCosineLR):
             return peak
         progress = min(1.0, (step - decay_start) / max(1.0, self.max_steps - decay_start))
         return peak + (self.min_lr - peak) * progress
+
+
+# --- resume: the config's settings over the checkpoint's -------------------------------------
+
+# A scheduler's state that counts progress, not settings: a resume keeps the checkpoint's.
+PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step")
+
+
+def configured_settings(optimizer: Optimizer, scheduler: LRScheduler) -> dict:
+    """The param groups' settings (``lr`` aside: the schedule sets it) and the scheduler's,
+    as the config built them. Lightning loads a checkpoint's over both after
+    ``configure_optimizers``; LitGPT keeps these to put back (``apply_configured``)."""
+    return {
+        "optimizer": [
+            {k: v for k, v in group.items() if k not in ("params", "lr")}
+            for group in optimizer.param_groups
+        ],
+        "lr_scheduler": {k: v for k, v in scheduler.state_dict().items() if k not in PROGRESS},
+    }
+
+
+def apply_configured(
+    optimizer: Optimizer, scheduler: LRScheduler, configured: dict, step: int
+) -> list[str]:
+    """Continue at ``step`` with the configured settings, not the checkpoint's: each group's
+    ``lr`` becomes the configured schedule's at ``step``, as a run started with this config
+    would have it there (so a raised ``max_steps`` stretches the decay over the new length).
+    Returns the settings that differed, as ``"key old -> new"``."""
+    changed = _differences(configured_settings(optimizer, scheduler), configured)
+    if not changed and scheduler.last_epoch == step:
+        return []
+    if not isinstance(scheduler, WarmupCosineLR):  # its lr at a step depends on the path there
+        raise UserError(
+            f"model.lr_scheduler {type(scheduler).__name__} cannot continue with changed "
+            f"settings ({changed[0] if changed else f'at step {step}'}): keep the checkpoint's, "
+            "or use lit_gpt_scratch.schedules.WarmupCosineLR or WarmupStableDecayLR"
+        )
+    for group, settings in zip(optimizer.param_groups, configured["optimizer"], strict=True):
+        group.update(settings)
+    scheduler.__dict__.update(configured["lr_scheduler"])
+    scheduler.last_epoch, scheduler._step_count = step, step + 1
+    scheduler._reset_lr()
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return changed
+
+
+def _differences(saved: dict, configured: dict) -> list[str]:
+    changed = []
+    for part in ("optimizer", "lr_scheduler"):
+        before, after = saved[part], configured[part]
+        pairs = zip(before, after, strict=True) if part == "optimizer" else [(before, after)]
+        for old, new in pairs:  # a param group's change once, however many groups share it
+            for key in sorted((old.keys() | new.keys()) - {"base_lrs"}):  # base_lrs: the lr's
+                name = "lr" if key == "initial_lr" else key
+                change = f"model.{part} {name} {old.get(key)} -> {new.get(key)}"
+                if old.get(key) != new.get(key) and change not in changed:
+                    changed.append(change)
+    return changed

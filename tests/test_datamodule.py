@@ -13,7 +13,7 @@ import torch
 from conftest import LOREM, read_split, write_text_corpus
 from test_tokenizer import write_big_vocab
 
-from lit_gpt_scratch.data.datamodule import TokenDataModule, check_against_model
+from lit_gpt_scratch.data.datamodule import TokenDataModule, check_against_model, corpus_fingerprint
 from lit_gpt_scratch.data.tokens import WindowSampler
 from lit_gpt_scratch.errors import UserError
 
@@ -109,7 +109,9 @@ def test_state_dict_resumes_at_the_first_unconsumed_batch(corpus, tmp_path):
         run.mark_batch_consumed()
     state = run.state_dict()
     assert state == {
-        "sampler": {"epoch": 0, "index": 4, "seed": 1234, "world_size": 1, "batch_size": 4}
+        "data_dir": str(tmp_path / "data"),
+        "corpus": corpus_fingerprint(run.meta),
+        "sampler": {"epoch": 0, "index": 4, "seed": 1234, "world_size": 1, "batch_size": 4},
     }
 
     before_loader = make(corpus, tmp_path / "data")  # Lightning restores before the loaders

@@ -20,6 +20,10 @@ training batch, in ``training_step`` (not ``on_train_batch_end``: Lightning runs
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+
 import lightning as L
 import numpy as np
 import torch
@@ -35,6 +39,8 @@ from lit_gpt_scratch.data.tokens import (
 )
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -57,8 +63,10 @@ class TokenDataModule(L.LightningDataModule):
         persistent_workers: Keep DataLoader workers alive between evaluations.
         val_windows: At most this many val windows, evenly spread through the val split.
         seed: Seed of the training window order (each epoch a new permutation).
-        allow_approximate_resume: Resume from a checkpoint saved with another world size or
-            batch size at the same share of the epoch, instead of refusing.
+        allow_approximate_resume: Resume inexactly instead of refusing: from a checkpoint
+            saved with another world size or batch size (at the same share of the epoch),
+            another ``seed`` (the new order from the same position), another corpus (from
+            its first window), or one lacking loop, random or data state. Each is warned.
         prepare_per_node: Run ``prepare`` on the first process of every node (each node has
             its own ``data_dir``: local disks). False: on the first process of the run only,
             for a ``data_dir`` every node sees (shared storage).
@@ -171,7 +179,10 @@ class TokenDataModule(L.LightningDataModule):
             allow_approximate_resume=h.allow_approximate_resume,
         )
         # A reloaded loader continues where the last one stood; a checkpoint's state applies once.
-        state = self.sampler.state_dict() if self.sampler is not None else self._pending_state
+        if self.sampler is not None:
+            state = self.sampler.state_dict()
+        else:
+            state = self._position_in_this_corpus(self._pending_state)
         if state:
             sampler.load_state_dict(state)
         self.sampler, self._pending_state = sampler, None
@@ -214,17 +225,68 @@ class TokenDataModule(L.LightningDataModule):
         self.sampler.mark_consumed()
 
     def state_dict(self) -> dict:
-        """The train sampler's consumed position; Lightning saves it in every checkpoint."""
+        """The train sampler's consumed position, and the corpus it is a position in;
+        Lightning saves it in every checkpoint."""
+        state = {"data_dir": str(self.hparams.data_dir)}
+        if self.meta:
+            state["corpus"] = corpus_fingerprint(self.meta)
         if self.sampler is not None:
-            return {"sampler": self.sampler.state_dict()}
-        return {"sampler": self._pending_state} if self._pending_state else {}
+            return {**state, "sampler": self.sampler.state_dict()}
+        return {**state, **self._pending_state} if self._pending_state else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state = state_dict.get("sampler")
-        if state and self.sampler is not None:
-            self.sampler.load_state_dict(state)
+        if state_dict.get("sampler") and self.sampler is not None:
+            state = self._position_in_this_corpus(state_dict)
+            if state:
+                self.sampler.load_state_dict(state)
         else:
-            self._pending_state = state
+            self._pending_state = state_dict or None
+
+    def _position_in_this_corpus(self, saved: dict | None) -> dict | None:
+        """The saved sampler position, if it is one in the corpus this run reads.
+
+        A position in another corpus means nothing: refused, or with
+        ``allow_approximate_resume`` the new corpus starts at its first window. The corpus
+        is told by the token files' description in meta.json, not by the path: a moved or
+        copied ``data_dir`` continues exactly.
+        """
+        if not saved or not saved.get("sampler"):
+            return None
+        fingerprint = saved.get("corpus")
+        if fingerprint is None or fingerprint == corpus_fingerprint(self.meta):
+            return saved["sampler"]  # a checkpoint from before fingerprints: the path was all
+        here, there = self.hparams.data_dir, saved.get("data_dir")
+        if not self.hparams.allow_approximate_resume:
+            raise UserError(another_corpus_message(here, there))
+        log.warning(
+            "approximate data resume: data.data_dir %s holds another corpus than the "
+            "checkpoint's (%s): its windows start from the first",
+            here,
+            there,
+        )
+        return None
+
+
+def corpus_fingerprint(meta: dict) -> str:
+    """What tells one corpus from another: a sha256 of meta.json's description of the token
+    files (tokenizer, shards and their lengths, the sources' manifest and the split
+    settings), leaving out paths, so that a moved or copied ``data_dir`` is the same corpus."""
+    settings = {k: v for k, v in meta.get("settings", {}).items() if k != "sources"}
+    described = {
+        **{k: meta.get(k) for k in ("tokenizer", "vocab_size", "dtype", "splits", "tokens")},
+        "documents": meta.get("documents"),
+        "settings": settings,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def another_corpus_message(data_dir, saved_data_dir) -> str:
+    return (
+        f"data.data_dir: {data_dir} in the config holds another corpus than the checkpoint's "
+        f"{saved_data_dir}, where the saved data position means nothing; resume on the "
+        "checkpoint's data_dir, or set data.allow_approximate_resume: true to start this "
+        "corpus from its first window"
+    )
 
 
 # --- checks: one-line errors that name both sides -------------------------------------------------

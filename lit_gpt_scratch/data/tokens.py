@@ -282,14 +282,30 @@ class WindowSampler(Sampler[list[int]]):
                 "world_size x batch_size, or set data.allow_approximate_resume: true"
             )
         if state["seed"] != self.seed:
-            log.warning(
-                "resuming the checkpoint's data order (seed %d), not data.seed %d",
-                state["seed"],
-                self.seed,
-            )
-            self.seed = state["seed"]
+            self._check_seed(state["seed"])
         self.epoch, self.index = state["epoch"], 0
         self.mark_consumed(consumed)  # also rolls an index past the epoch's end into the next
+
+    def _check_seed(self, saved: int) -> None:
+        """Another ``data.seed`` is another window order: the saved position means nothing
+        there. Refused unless approximate resume is allowed; then the new order continues
+        from the same position (windows the run saw may come again, others not at all)."""
+        if not self.allow_approximate_resume:
+            raise UserError(another_seed_message(self.seed, saved))
+        log.warning(
+            "approximate data resume: data.seed %d (the checkpoint's was %d) orders the "
+            "windows anew from the saved position",
+            self.seed,
+            saved,
+        )
+
+
+def another_seed_message(seed: int, saved: int) -> str:
+    return (
+        f"data.seed: {seed} in the config, {saved} in the checkpoint: another window order, "
+        f"where the saved data position means nothing; keep data.seed {saved}, or set "
+        "data.allow_approximate_resume: true"
+    )
 
 
 class TrainWindows(Dataset):
