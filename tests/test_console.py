@@ -4,17 +4,13 @@ its FLOPs-free summary or its deprecation warning."""
 
 from __future__ import annotations
 
-import io
 import re
+import subprocess
 import sys
 
 import pytest
 from conftest import LOREM, small_run_args, write_text_corpus
 from test_resume import fit
-
-from lit_gpt_scratch.callbacks import flops_per_token
-from lit_gpt_scratch.console import model_summary
-from lit_gpt_scratch.model.build import build_gpt
 
 
 @pytest.fixture(scope="module")
@@ -67,36 +63,33 @@ def test_lightning_lines_print_once_without_its_tip_flops_or_deprecation_warning
     assert "exists and is not empty" not in run_output.resumed.stderr
 
 
-def test_the_model_summary_counts_each_part_and_the_flops_per_token():
-    spec = {
-        "class_path": "lit_gpt_scratch.model.gpt.GPT",
-        "init_args": {"vocab_size": 4096, "block_size": 32, "n_layer": 3, "n_head": 2,
-                      "d_model": 32},
-    }  # fmt: skip
-    gpt = build_gpt(spec)
-    lines = model_summary(gpt).splitlines()
-    assert lines[0] == f"GPT: {gpt.num_params() / 1e3:.1f} K parameters, " + (
-        f"{flops_per_token(gpt) / 1e6:.1f} MFLOP per training token"
-    )
-    assert re.fullmatch(r"  blocks +3 x Block +\d+\.\d K", lines[3]), lines
-    assert lines[-1].split()[-3:] == ["tied", "to", "wte"]
+TERMINAL = """
+import io, sys
+from lit_gpt_scratch.cli import main
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+real, sys.stdout = sys.stdout, Terminal()
+code = main(sys.argv[1:])
+shown, sys.stdout = sys.stdout.getvalue(), real
+print(shown)
+sys.exit(code)
+"""
 
 
-def test_in_a_terminal_the_bar_counts_optimizer_steps_not_micro_batches(tmp_path, cli, monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    screen = Terminal()
-    monkeypatch.setattr(sys, "stdout", screen)
+def test_in_a_terminal_the_bar_counts_optimizer_steps_not_micro_batches(tmp_path):
+    # in a child process: this one's logging stays as the other tests expect it
     corpus = write_text_corpus(tmp_path / "corpus", LOREM)
     args = small_run_args(
         corpus,
         tmp_path / "data",
         **{"trainer.enable_progress_bar": "true", "trainer.accumulate_grad_batches": "3"},
     )
-    result = cli("fit", *args)
+    result = subprocess.run([sys.executable, "-c", TERMINAL, "fit", *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    shown = re.findall(r"train:\s+\d+%\S* (\d+)/(\d+) ", screen.getvalue())
+    shown = re.findall(r"train:\s+\d+%\S* (\d+)/(\d+) ", result.stdout)
     assert shown and {total for _, total in shown} == {"6"}, shown  # max_steps, not batches
     assert shown[-1][0] == "6" and max(int(n) for n, _ in shown) == 6
