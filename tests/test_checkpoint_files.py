@@ -198,8 +198,9 @@ def test_ckpt_path_best_is_the_newest_runs_best_or_one_line(tmp_path, cli):
     [best] = [p for p in ckpt_dir(tmp_path).iterdir() if p.name.startswith("step=2-")]
     validated = cli("validate", *args, "--ckpt_path=best")
     assert validated.returncode == 0, validated.stderr
-    restoring = f"Restoring states from the checkpoint path at {best.relative_to(tmp_path)}"
-    assert restoring in validated.stderr + validated.stdout
+    # the same metrics as the best file named (Lightning's "Restoring" log line is not
+    # captured in-process once another test has imported Lightning)
+    assert validated.stdout == cli("validate", *args, f"--ckpt_path={best}").stdout
     resumed = cli("fit", *args, "--trainer.max_steps=4", "--ckpt_path=best")
     assert resumed.returncode == 0, resumed.stderr
     folder = ckpt_dir(tmp_path)
@@ -252,7 +253,5 @@ def test_ckpt_path_best_without_run_folders_or_with_a_dirpath(tmp_path, cli):
     [best] = [p for p in folder.iterdir() if p.name.startswith("step=2-")]
     validated = cli("validate", *args, f"--checkpoint.dirpath={folder}", "--ckpt_path=best")
     assert validated.returncode == 0, validated.stderr
-    assert (
-        f"Restoring states from the checkpoint path at {best}"
-        in validated.stderr + validated.stdout
-    )
+    named = cli("validate", *args, f"--checkpoint.dirpath={folder}", f"--ckpt_path={best}")
+    assert validated.stdout == named.stdout
