@@ -40,14 +40,19 @@ from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
+from lit_gpt_scratch.locks import FolderLock
 from lit_gpt_scratch.model.build import first_difference
 from lit_gpt_scratch.preemption import StopOnSignal
 from lit_gpt_scratch.resume_checks import NothingToTrain, check_resume
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint
 from lit_gpt_scratch.runs import (
+    RunFolder,
     last_candidates,
     last_candidates_in,
+    lock_run,
+    new_run,
     newest_resumable,
+    reusable_empty_run,
     run_of_checkpoint,
     runs_root,
 )
@@ -68,6 +73,9 @@ RUNS_DIR = "checkpoints"
 # ckpt_path values Lightning resolves itself (with checkpoint.dirpath set, "last" too)
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 log = logging.getLogger(__name__)
+# The run folder of this command, for the ranks rank 0 launches (they inherit its environment).
+RUN_FOLDER_ENV = "LIT_GPT_SCRATCH_RUN_FOLDER"
+_HELD_LOCKS: list[FolderLock] = []
 
 
 class LitGPTCLI(LightningCLI):
@@ -116,13 +124,21 @@ class LitGPTCLI(LightningCLI):
         A resumed ``fit`` writes into the run folder its checkpoint came from.
         """
         self.resume_step: int | None = None
+        self.purge_step: int | None = None  # TensorBoard drops the run folder's events from it
+        self._nothing_to_resume = False
         if not self.config.get("subcommand"):
             return
         config = self.config[self.config.subcommand]
         root = runs_root(config.trainer.logger)  # also refuses a run name that climbs out
+        resumed = self._resolve_ckpt_path(config, root)
+        if root is not None:
+            self._claim_run_folder(config, root, resumed)
+
+    def _resolve_ckpt_path(self, config, root: Path | None) -> RunFolder | None:
+        """``--ckpt_path`` checked and resolved; the run folder a ``fit`` resumes, if any."""
         path = config.get("ckpt_path")
         if not path:
-            return
+            return None
         if path == "last" and root and config.checkpoint.dirpath is None:
             # Lightning looks for "last" in this run's own folder, a new version_N: never there.
             path = config.ckpt_path = self._newest_readable_last(root)
@@ -131,11 +147,11 @@ class LitGPTCLI(LightningCLI):
             dirpath = config.checkpoint.dirpath
             path = config.ckpt_path = str(best_checkpoint(root, dirpath and Path(dirpath)))
         if path is None or path in LIGHTNING_CKPT_NAMES:
-            return
+            return None
         # memory-mapped: cheap, and it names a damaged file; of a sharded one, its meta.pt
         ckpt = read_checkpoint(path, sharded=True)
         if is_weights_only(ckpt):
-            return  # a fine-tune: before_fit checks the tensors fit the configured model
+            return None  # a fine-tune: before_fit checks the tensors fit the configured model
         difference = first_difference(ckpt["hyper_parameters"]["gpt"], config.model.gpt.as_dict())
         if difference:
             raise UserError(f"checkpoint {path} holds another model than the config: {difference}")
@@ -143,22 +159,53 @@ class LitGPTCLI(LightningCLI):
             check_resume(ckpt, path, config, sharded=is_sharded(path))
         run = run_of_checkpoint(path, root) if root else None
         if self.config.subcommand != "fit" or run is None:
-            return  # evaluating, or a checkpoint from elsewhere: a new run folder
-        config.trainer.logger.init_args.version = run.version
-        _remove_stale_temporaries(run)
-        self.resume_step = int(ckpt["global_step"])  # the step the first resumed batch logs at
+            return None  # evaluating, or a checkpoint from elsewhere: a new run folder
+        self.resume_step = self.purge_step = int(ckpt["global_step"])  # its first batch's step
         # config.yaml stays the run's first; each resume saves its own config beside it.
         self.save_config_kwargs = {
             **self.save_config_kwargs,
             "config_filename": f"config-resumed-at-step-{self.resume_step}.yaml",
             "overwrite": True,
         }
+        return run
+
+    def _claim_run_folder(self, config, root: Path, resumed: RunFolder | None) -> None:
+        """Lock the run folder this process writes (the resumed one, the config's version, a
+        restart's empty one, else a new ``version_N``) and point the logger at it."""
+        init_args = config.trainer.logger.init_args
+        if not hasattr(init_args, "version"):
+            return  # a logger without version folders
+        if rank_zero_only.rank != 0:
+            # Rank 0 holds the lock. The ranks it launched on its node learn its folder here;
+            # elsewhere Lightning broadcasts rank 0's folder wherever one is written.
+            if resumed is None and init_args.version is None:
+                init_args.version = os.environ.get(RUN_FOLDER_ENV)
+            return
+        if resumed is not None:
+            run, lock = resumed, lock_run(resumed)
+            _remove_stale_temporaries(run)  # only now: no other process is saving into it
+        elif init_args.version is not None:
+            version = init_args.version
+            run = RunFolder(root, version if isinstance(version, str) else f"version_{version}")
+            lock = lock_run(run)
+        elif self._nothing_to_resume and (reused := reusable_empty_run(root)):
+            run, lock = reused
+            _remove_stale_temporaries(run)
+            self.purge_step = 0  # the events of the tries that came before
+            self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+            rank_zero_info(f"starting in {run.path}, which holds no checkpoint yet")
+        else:
+            run, lock = new_run(root)
+        init_args.version = run.version
+        _HELD_LOCKS.append(lock)
+        os.environ[RUN_FOLDER_ENV] = run.version
 
     def _newest_readable_last(self, root: Path) -> str | None:
         run = newest_resumable(root)
         if run is None:
             message = f"--ckpt_path last: no checkpoint under {root}: a new run starts"
             rank_zero_only(log.warning)(message)
+            self._nothing_to_resume = True
             return None
         skipped = False
         for candidate in last_candidates(run):
@@ -215,11 +262,11 @@ class LitGPTCLI(LightningCLI):
         self._accumulate_for_global_batch()
         self._validate_every_n_steps()
         logger = self.trainer.logger
-        if self.resume_step is not None and isinstance(logger, TensorBoardLogger):
+        if self.purge_step is not None and isinstance(logger, TensorBoardLogger):
             # TensorBoard drops the folder's events at steps >= purge_step, the ones logged
             # after the checkpoint: the resumed curve continues with no step shown twice.
             # TensorBoardLogger hands its extra kwargs to the SummaryWriter it creates lazily.
-            logger._kwargs["purge_step"] = self.resume_step
+            logger._kwargs["purge_step"] = self.purge_step
         ckpt = self._checkpoint_that_fits()
         if ckpt is not None and is_weights_only(ckpt):
             config = self.config_init[self.subcommand]
@@ -366,10 +413,19 @@ def run(args: list[str]) -> int:
         ) from None
     finally:
         sys.argv = saved
+        _release_run_folders()
     # Stopped by a signal, after saving: 128 + its number, as a shell reports a signal.
     stoppers = [c for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)]
     stopped_by = next((c.stopped_by for c in stoppers if c.stopped_by), None)
     return 128 + stopped_by if stopped_by else 0
+
+
+def _release_run_folders() -> None:
+    """The run folder's lock ends with the command (the kernel drops it at any exit; this is
+    for a caller that runs several commands in one process)."""
+    while _HELD_LOCKS:
+        _HELD_LOCKS.pop().release()
+    os.environ.pop(RUN_FOLDER_ENV, None)
 
 
 def _run_cli() -> LitGPTCLI:

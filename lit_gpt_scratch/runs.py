@@ -1,6 +1,10 @@
 """Run folders: ``<save_dir>/<name>/version_N/`` holds one run's TensorBoard events,
 ``config.yaml`` and ``checkpoints/``. Resuming finds the newest run's ``last.ckpt`` and goes on
-writing into that same folder, so its curves continue instead of splitting."""
+writing into that same folder, so its curves continue instead of splitting.
+
+One process writes a run folder at a time: it holds the folder's lock (``locks.FolderLock``)
+from the start, and a new run makes its ``version_N`` with an exclusive ``mkdir``, so two
+runs started at once never pick the same one."""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lit_gpt_scratch.checkpoint_io import is_temporary
 from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.locks import FolderLock
 
 VERSION_RE = re.compile(r"version_(\d+)")
 
@@ -51,6 +57,50 @@ def runs(root: Path) -> list[RunFolder]:
         return []
     found = [p.name for p in root.iterdir() if p.is_dir() and VERSION_RE.fullmatch(p.name)]
     return [RunFolder(root, v) for v in sorted(found, key=lambda v: int(v[len("version_") :]))]
+
+
+def lock_run(run: RunFolder) -> FolderLock:
+    """The run folder's lock, taken; one line when another process holds it."""
+    lock = FolderLock(run.path, f"run folder {run.path}")
+    lock.acquire()
+    return lock
+
+
+def new_run(root: Path) -> tuple[RunFolder, FolderLock]:
+    """The next ``version_N`` under ``root``, made and locked by this process alone."""
+    existing = runs(root)
+    n = int(existing[-1].version[len("version_") :]) + 1 if existing else 0
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        run = RunFolder(root, f"version_{n}")
+        n += 1
+        try:
+            run.path.mkdir()
+        except FileExistsError:  # another run made it first
+            continue
+        try:
+            return run, lock_run(run)
+        except UserError:  # a restart took it as an empty folder to reuse: take the next
+            continue
+
+
+def reusable_empty_run(root: Path) -> tuple[RunFolder, FolderLock] | None:
+    """The newest run folder, locked, when it holds no checkpoint (a run stopped before its
+    first save) and no other process uses it: a restart with nothing to resume goes on in it
+    rather than leaving one more empty folder behind."""
+    found = runs(root)
+    if not found or holds_checkpoints(found[-1]):
+        return None
+    try:
+        return found[-1], lock_run(found[-1])
+    except UserError:
+        return None
+
+
+def holds_checkpoints(run: RunFolder) -> bool:
+    """Anything in its checkpoints/ but the temporary files of saves that did not finish."""
+    folder = run.path / "checkpoints"
+    return folder.is_dir() and any(not is_temporary(p) for p in folder.iterdir())
 
 
 def newest_resumable(root: Path) -> RunFolder | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +26,43 @@ def cli(capsys, tmp_path, monkeypatch):
 
     def run(*args: str) -> subprocess.CompletedProcess:
         try:
-            code = main(list(args))
+            with log_lines_to_stderr():
+                code = main(list(args))
         except SystemExit as e:  # jsonargparse exits after --print_config and --help
             code = e.code or 0
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 
     return run
+
+
+@contextlib.contextmanager
+def log_lines_to_stderr():
+    """Log lines into this test's captured stderr, as a child process prints them there.
+
+    Lightning's own handler holds the stderr of the moment Lightning was imported, often an
+    earlier test's; and pytest's handlers on the root logger keep its records to themselves.
+    """
+    handlers = [
+        h
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric")
+        for h in logging.getLogger(name).handlers
+        if type(h) is logging.StreamHandler
+    ]
+    streams = [h.setStream(sys.stderr) for h in handlers]
+    ours = logging.StreamHandler(sys.stderr)
+    ours.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(ours)
+    root.setLevel(logging.INFO)  # as the command line's logging.basicConfig sets it
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.removeHandler(ours)
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 
 import lightning as L
 import torch
@@ -90,3 +91,17 @@ class KillDuringSaveAtStep(L.Callback):
             return save(obj, f, *args, **kwargs)
 
         torch.save = save_half_then_die
+
+
+class PauseAtStep(L.Callback):
+    """At the start of optimizer step ``step``, create ``<folder>/reached`` and wait until
+    ``<folder>/go`` exists: a test acts while this run is surely mid-way."""
+
+    def __init__(self, step: int, folder: str):
+        self.step, self.folder = step, folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            open(os.path.join(self.folder, "reached"), "w").close()
+            while not os.path.exists(os.path.join(self.folder, "go")):
+                time.sleep(0.05)
