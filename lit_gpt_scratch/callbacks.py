@@ -5,11 +5,17 @@ Both appear at the top level of a training config (``throughput:``, ``samples:``
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_gpt_scratch.errors import check_above, check_at_least
+
+log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s (no sparsity), by the exact name torch.cuda.get_device_name gives.
 # An H100 PCIe or NVL is not an H100 SXM: names are matched whole, never by substring, and a GPU
@@ -63,6 +69,9 @@ class TokenThroughput(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None):
+        check_at_least("throughput.every_n_steps", every_n_steps, 1)
+        if peak_flops is not None:
+            check_above("throughput.peak_flops", peak_flops, 0)
         self.every_n_steps = every_n_steps
         self.peak_flops = peak_flops
         self.tokens = 0  # saved in checkpoints: the count goes on across a resume
@@ -124,6 +133,11 @@ class TextSamples(L.Callback):
         top_k: int | None = 50,
         seed: int = 1234,
     ):
+        check_at_least("samples.every_n_steps", every_n_steps, 0)
+        check_at_least("samples.max_new_tokens", max_new_tokens, 1)
+        check_at_least("samples.temperature", temperature, 0)
+        if top_k is not None:
+            check_at_least("samples.top_k", top_k, 1)
         self.every_n_steps, self.prompt, self.max_new_tokens = every_n_steps, prompt, max_new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self._last_step = -1
@@ -172,7 +186,13 @@ class TextSamples(L.Callback):
     def log_sample(self, trainer, pl_module, step: int) -> None:
         if not (trainer.is_global_zero or _is_sharded(trainer)):
             return
-        text = self.sample(trainer, pl_module)
+        from lit_gpt_scratch.model.generate import NonFiniteLogits
+
+        try:
+            text = self.sample(trainer, pl_module)
+        except NonFiniteLogits as e:  # a sample is never worth the run: say so, train on
+            rank_zero_only(log.warning)(f"samples: none at step {step}: {e}")
+            return
         if not trainer.is_global_zero:
             return
         experiment = getattr(trainer.logger, "experiment", None)

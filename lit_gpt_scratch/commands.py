@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lit_gpt_scratch.checkpoint import load_gpt, load_sharded_gpt, save_gpt
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.model.generate import generate_text
 from lit_gpt_scratch.tokenizer import load_tokenizer
 
@@ -63,11 +63,13 @@ def generate(
         tokenizer: Tokenizer spec; by default the one recorded in the checkpoint.
         use_cache: Reuse keys and values of earlier tokens (the same tokens, faster).
     """
-    if num_samples < 1 or max_new_tokens < 1:
-        raise UserError("--num_samples and --max_new_tokens must be at least 1")
-    bad_top_p = top_p is not None and not 0 < top_p <= 1
-    if temperature < 0 or (top_k is not None and top_k < 1) or bad_top_p:
-        raise UserError("--temperature must be >= 0, --top_k >= 1, --top_p in (0, 1]")
+    check_at_least("--num_samples", num_samples, 1)
+    check_at_least("--max_new_tokens", max_new_tokens, 1)
+    check_at_least("--temperature", temperature, 0)
+    if top_k is not None:
+        check_at_least("--top_k", top_k, 1)
+    if top_p is not None and not 0 < top_p <= 1:  # NaN included
+        raise UserError(f"--top_p must be in (0, 1], got {top_p}")
     device = usable_device(device)
     loaded = load_gpt(ckpt_path, device)
     tok = load_tokenizer(tokenizer or loaded.tokenizer)

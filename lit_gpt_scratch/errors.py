@@ -1,4 +1,6 @@
-"""The one exception type for bad input a user can fix."""
+"""The one exception type for bad input a user can fix, and the checks that raise it."""
+
+import math
 
 
 class UserError(Exception):
@@ -23,7 +25,29 @@ class StoppedNow(BaseException):
 
 
 def check_at_least(key: str, value, minimum) -> None:
-    """A ``UserError`` naming ``key`` unless ``value >= minimum``: the one-line check the typed
-    constructors run on their options, so every entry point reports a bad value alike."""
-    if value < minimum:
+    """A ``UserError`` naming ``key`` unless ``value >= minimum`` and finite: the one-line
+    check the typed constructors run on their options, so every entry point reports a bad
+    value alike. NaN fails it too (it compares false with everything)."""
+    _check_finite(key, value)
+    if not value >= minimum:
         raise UserError(f"{key} must be at least {minimum}, got {value}")
+
+
+def check_in(key: str, value, low, high, high_included: bool = False) -> None:
+    """A ``UserError`` naming ``key`` unless ``low <= value < high`` (or ``<= high``)."""
+    _check_finite(key, value)
+    if not (low <= value < high or (high_included and value == high)):
+        interval = f"[{low}, {high}{']' if high_included else ')'}"
+        raise UserError(f"{key} must be in {interval}, got {value}")
+
+
+def check_above(key: str, value, minimum) -> None:
+    """A ``UserError`` naming ``key`` unless ``value > minimum`` and finite."""
+    _check_finite(key, value)
+    if not value > minimum:
+        raise UserError(f"{key} must be above {minimum}, got {value}")
+
+
+def _check_finite(key: str, value) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value}")

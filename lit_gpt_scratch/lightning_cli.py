@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -37,7 +37,7 @@ from lit_gpt_scratch.checkpoint import (
 from lit_gpt_scratch.checkpoint_io import install_atomic_checkpoint_io, remove_stale
 from lit_gpt_scratch.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.data.datamodule import TokenDataModule
-from lit_gpt_scratch.errors import UserError, check_at_least
+from lit_gpt_scratch.errors import UserError, check_above, check_at_least
 from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
 from lit_gpt_scratch.locks import FolderLock
@@ -47,6 +47,7 @@ from lit_gpt_scratch.resume_checks import NothingToTrain, check_resume
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint
 from lit_gpt_scratch.runs import (
     RunFolder,
+    forget_new_runs,
     last_candidates,
     last_candidates_in,
     lock_run,
@@ -247,6 +248,7 @@ class LitGPTCLI(LightningCLI):
             isinstance(c, LightningModelSummary) for c in given
         ):
             callbacks = [*callbacks, ModelSummary()]
+        callbacks = [*callbacks, _RunFolderKept()]
         try:
             trainer = super()._instantiate_trainer(config, callbacks)
         except ValueError as e:  # the Trainer's own checks of its arguments (strategy, devices)
@@ -334,6 +336,17 @@ class LitGPTCLI(LightningCLI):
     before_validate = before_test = before_predict = _checkpoint_that_fits
 
 
+class _RunFolderKept(Callback):
+    """From the start of the run's loop on, a new run folder is kept, whatever comes next;
+    before it, a failure takes the folder away (runs.forget_new_runs)."""
+
+    def _keep(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            forget_new_runs(remove=False)
+
+    on_train_start = on_validation_start = on_test_start = on_predict_start = _keep
+
+
 def best_checkpoint(root: Path | None, dirpath: Path | None) -> Path:
     """``--ckpt_path best``: the best checkpoint (by ``checkpoint.monitor``) that the newest
     readable last checkpoint records, in ``checkpoint.dirpath`` when the config sets one, else
@@ -383,9 +396,14 @@ def _check_trainer_options(config: dict) -> None:
     """Trainer options Lightning accepts but that cannot train: refused in one line (a
     negative clip value would turn clipping into gradient ascent)."""
     check_at_least("trainer.accumulate_grad_batches", config.get("accumulate_grad_batches", 1), 1)
-    clip = config.get("gradient_clip_val")
-    if clip is not None:
-        check_at_least("trainer.gradient_clip_val", clip, 0)
+    for key, minimum in (("gradient_clip_val", 0), ("log_every_n_steps", 1)):
+        if config.get(key) is not None:
+            check_at_least(f"trainer.{key}", config[key], minimum)
+    if config.get("val_check_interval") is not None:
+        check_above("trainer.val_check_interval", config["val_check_interval"], 0)
+    max_steps = config.get("max_steps")
+    if max_steps is not None and max_steps != -1 and max_steps < 1:
+        raise UserError(f"trainer.max_steps must be -1 (no limit) or at least 1, got {max_steps}")
 
 
 def run(args: list[str]) -> int:
@@ -394,9 +412,12 @@ def run(args: list[str]) -> int:
     quiet_lightning()
     # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
+    started = False
     try:
         cli = _run_cli()
+        started = True
     except NothingToTrain as e:  # a finished run resumed again (a requeue): done, say so
+        started = True
         rank_zero_only(print)(e, file=sys.stderr)
         return 0
     except MisconfigurationException as e:  # Lightning's word for a bad combination of options
@@ -413,16 +434,18 @@ def run(args: list[str]) -> int:
         ) from None
     finally:
         sys.argv = saved
-        _release_run_folders()
+        _release_run_folders(failed=not started)
     # Stopped by a signal, after saving: 128 + its number, as a shell reports a signal.
     stoppers = [c for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)]
     stopped_by = next((c.stopped_by for c in stoppers if c.stopped_by), None)
     return 128 + stopped_by if stopped_by else 0
 
 
-def _release_run_folders() -> None:
+def _release_run_folders(failed: bool) -> None:
     """The run folder's lock ends with the command (the kernel drops it at any exit; this is
-    for a caller that runs several commands in one process)."""
+    for a caller that runs several commands in one process). A command that failed before
+    it wrote anything leaves no new run folder behind."""
+    forget_new_runs(remove=failed and rank_zero_only.rank == 0)
     while _HELD_LOCKS:
         _HELD_LOCKS.pop().release()
     os.environ.pop(RUN_FOLDER_ENV, None)

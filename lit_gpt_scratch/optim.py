@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim.adamw import adamw as functional_adamw
 
-from lit_gpt_scratch.errors import UserError, check_at_least
+from lit_gpt_scratch.errors import UserError, check_above, check_at_least, check_in
 
 
 class AdamW(torch.optim.AdamW):
@@ -37,9 +37,16 @@ class AdamW(torch.optim.AdamW):
     ):
         check_at_least("model.optimizer.init_args.lr", lr, 0)
         check_at_least("model.optimizer.init_args.weight_decay", weight_decay, 0)
+        check_adam_options(betas, eps)
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused
         )
+
+
+def check_adam_options(betas: tuple[float, float], eps: float) -> None:
+    for i, beta in enumerate(betas):
+        check_in(f"model.optimizer.init_args.betas[{i}]", beta, 0.0, 1.0)
+    check_above("model.optimizer.init_args.eps", eps, 0)
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
@@ -126,8 +133,9 @@ class Muon(torch.optim.Optimizer):
     ):
         for key, value in dict(lr=lr, adamw_lr=adamw_lr, weight_decay=weight_decay).items():
             check_at_least(f"model.optimizer.init_args.{key}", value, 0)
-        if not 0 <= momentum < 1:
-            raise UserError(f"model.optimizer.init_args.momentum must be in [0, 1), got {momentum}")
+        check_in("model.optimizer.init_args.momentum", momentum, 0.0, 1.0)
+        check_adam_options(betas, eps)
+        check_at_least("model.optimizer.init_args.ns_steps", ns_steps, 1)
         groups = [dict(g) for g in params]
         if not all(isinstance(g, dict) and "role" in g for g in groups):
             raise ValueError("Muon needs param groups tagged with a role (lit_module.param_groups)")

@@ -8,6 +8,7 @@ runs started at once never pick the same one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -70,6 +71,7 @@ def new_run(root: Path) -> tuple[RunFolder, FolderLock]:
     """The next ``version_N`` under ``root``, made and locked by this process alone."""
     existing = runs(root)
     n = int(existing[-1].version[len("version_") :]) + 1 if existing else 0
+    _made_above.extend(p for p in [root, *root.parents] if not p.exists())  # innermost first
     root.mkdir(parents=True, exist_ok=True)
     while True:
         run = RunFolder(root, f"version_{n}")
@@ -79,9 +81,32 @@ def new_run(root: Path) -> tuple[RunFolder, FolderLock]:
         except FileExistsError:  # another run made it first
             continue
         try:
-            return run, lock_run(run)
+            lock = lock_run(run)
         except UserError:  # a restart took it as an empty folder to reuse: take the next
             continue
+        _made_runs.append(run.path)
+        return run, lock
+
+
+# What new_run made in this process: a command that fails before its loop begins takes it
+# away again (forget_new_runs).
+_made_runs: list[Path] = []
+_made_above: list[Path] = []  # the runs root and its parents, innermost first
+
+
+def forget_new_runs(remove: bool) -> None:
+    """Keep the folders new_run made (the run's loop has begun), or with ``remove`` (the
+    command failed before that) remove them: what they hold then is only what the start
+    wrote (the lock, config.yaml, hparams.yaml, an events file without a step), so a
+    command refused at its start leaves no run folder behind."""
+    if remove:
+        for run in _made_runs:
+            shutil.rmtree(run, ignore_errors=True)
+        for folder in _made_above:
+            with contextlib.suppress(OSError):  # not empty: another run's, kept
+                folder.rmdir()
+    _made_runs.clear()
+    _made_above.clear()
 
 
 def reusable_empty_run(root: Path) -> tuple[RunFolder, FolderLock] | None:

@@ -49,7 +49,9 @@ def log_lines_to_stderr():
         for h in logging.getLogger(name).handlers
         if type(h) is logging.StreamHandler
     ]
-    streams = [h.setStream(sys.stderr) for h in handlers]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:  # not setStream: it flushes the old stream, maybe closed by now
+        handler.stream = sys.stderr
     ours = logging.StreamHandler(sys.stderr)
     ours.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
@@ -62,7 +64,7 @@ def log_lines_to_stderr():
         root.setLevel(level)
         root.removeHandler(ours)
         for handler, stream in zip(handlers, streams, strict=True):
-            handler.setStream(stream)
+            handler.stream = stream
 
 
 @pytest.fixture(autouse=True)

@@ -192,6 +192,43 @@ def test_bad_callback_options_are_one_line(cli, args, arg, message):
             "schedule would raise the rate as it decays",
         ),
         (
+            ["--model.optimizer.init_args.lr=.nan"],
+            "model.optimizer.init_args.lr must be a finite number, got nan",
+        ),
+        (
+            ["--trainer.gradient_clip_val=.nan"],
+            "trainer.gradient_clip_val must be a finite number, got nan",
+        ),
+        (
+            ["--model.lr_scheduler.init_args.min_lr=.inf"],
+            "model.lr_scheduler.init_args.min_lr must be a finite number, got inf",
+        ),
+        (
+            ["--model.optimizer.init_args.betas=[0.9, 1.5]"],
+            "model.optimizer.init_args.betas[1] must be in [0.0, 1.0), got 1.5",
+        ),
+        (
+            ["--model.optimizer.init_args.eps=0"],
+            "model.optimizer.init_args.eps must be above 0, got 0.0",
+        ),
+        (
+            [
+                "--model.optimizer=lit_gpt_scratch.optim.Muon",
+                "--model.optimizer.init_args.ns_steps=-1",
+            ],
+            "model.optimizer.init_args.ns_steps must be at least 1, got -1",
+        ),
+        (["--trainer.val_check_interval=0"], "trainer.val_check_interval must be above 0, got 0"),
+        (["--trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be at least 1, got 0"),
+        (
+            ["--trainer.max_steps=0"],
+            "trainer.max_steps must be -1 (no limit) or at least 1, got 0",
+        ),
+        (["--throughput.every_n_steps=0"], "throughput.every_n_steps must be at least 1, got 0"),
+        (["--throughput.peak_flops=-1"], "throughput.peak_flops must be above 0, got -1.0"),
+        (["--samples.max_new_tokens=-1"], "samples.max_new_tokens must be at least 1, got -1"),
+        (["--samples.temperature=.nan"], "samples.temperature must be a finite number, got nan"),
+        (
             ["--trainer.max_steps=-1", "--trainer.max_time=00:00:00:20"],
             "model.lr_scheduler needs a length: the run sets no trainer.max_steps, so set "
             "trainer.max_steps or model.lr_scheduler.init_args.max_steps",
@@ -199,12 +236,13 @@ def test_bad_callback_options_are_one_line(cli, args, arg, message):
     ],
     ids=lambda value: value[0].split("=")[0].lstrip("-") if isinstance(value, list) else "",
 )
-def test_an_option_that_cannot_train_is_one_line_naming_it(cli, args, options, line):
+def test_an_option_that_cannot_train_is_one_line_naming_it(tmp_path, cli, args, options, line):
     """Each of these gave a traceback, or (n_layer 0, d_model 0, a negative clip: gradient
-    ascent, warmup -5, min_lr above lr) trained and exited 0."""
+    ascent, warmup -5, min_lr above lr, NaN rates, ns_steps -1) trained and exited 0."""
     result = cli("fit", *args, *options)
     assert result.returncode == 1
     assert last_line(result) == f"error: {line}"
+    assert not (tmp_path / "checkpoints").exists()  # no empty run folder left behind
 
 
 @pytest.mark.parametrize("name", ["../outside", "a/b", ".."])

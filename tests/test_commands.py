@@ -155,7 +155,10 @@ def test_save_gpt_never_overwrites(tmp_path):
 @pytest.mark.parametrize(
     ("option", "line"),
     [
-        ("--top_p=0", "--temperature must be >= 0, --top_k >= 1, --top_p in (0, 1]"),
+        ("--top_p=0", "--top_p must be in (0, 1], got 0.0"),
+        ("--temperature=.nan", "--temperature must be a finite number, got nan"),
+        ("--top_k=0", "--top_k must be at least 1, got 0"),
+        ("--max_new_tokens=-1", "--max_new_tokens must be at least 1, got -1"),
         ("--device=mps", "--device 'mps': only cpu and cuda are supported"),
         ("--device=gpu0", "--device 'gpu0' is not a device: cpu, cuda, cuda:N or auto"),
     ],

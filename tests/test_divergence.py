@@ -108,18 +108,30 @@ def test_a_diverged_run_stops_after_max_consecutive_skips(tmp_path, cli):
     assert last_checkpoint(tmp_path)["global_step"] == 4  # steps 3 and 4 skipped, then saved
 
 
-def test_non_finite_weights_are_never_saved(tmp_path, cli):
-    # Validate (and so save) every 2 steps; no sampling from NaN weights.
-    args = run_args(tmp_path, **{"samples.every_n_steps": "0", "trainer.val_check_interval": "2"})
+def poison_config(tmp_path, step: int) -> str:
     poison = tmp_path / "poison.yaml"
     poison.write_text(
         "trainer:\n  callbacks:\n    - class_path: kill_switch.NanWeightAtStep\n"
-        "      init_args: {step: 3}\n"
+        f"      init_args: {{step: {step}}}\n"
     )
-    result = cli("fit", *args, f"--config={poison}")
+    return f"--config={poison}"
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, cli):
+    # Validate (and so save) every 2 steps; no sampling from NaN weights.
+    args = run_args(tmp_path, **{"samples.every_n_steps": "0", "trainer.val_check_interval": "2"})
+    result = cli("fit", *args, poison_config(tmp_path, 3))
     assert result.returncode == 1
     assert "not saving the checkpoint of step 4: parameter wte.weight" in result.stderr
     assert "is not finite" in result.stderr
     ckpt = last_checkpoint(tmp_path)
     assert ckpt["global_step"] == 2
     assert all(v.isfinite().all() for v in ckpt["state_dict"].values())
+
+
+def test_a_sample_from_non_finite_weights_is_skipped_with_a_warning(tmp_path, cli):
+    """Before, torch's "probability tensor contains either inf, nan" ended the run."""
+    options = {"samples.every_n_steps": "1", "trainer.enable_checkpointing": "false"}
+    result = cli("fit", *run_args(tmp_path, **options), poison_config(tmp_path, 3))
+    assert "samples: none at step 4: the model's logits are not finite" in result.stderr
+    assert "Traceback" not in result.stderr and "probability tensor" not in result.stderr

@@ -47,10 +47,10 @@ def test_a_second_resume_of_a_running_run_is_refused_and_changes_nothing(tmp_pat
     work = tmp_path / "work"
     assert fit(work, args, "--trainer.max_steps=4").returncode == 0
     more = [*args, "--trainer.max_steps=8", "--ckpt_path=last"]
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     first = subprocess.Popen(
         [sys.executable, "-m", "lit_gpt_scratch", "fit", *more, pause_at(tmp_path, 5)],
-        cwd=work, env={**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
-        text=True,
+        cwd=work, env={**os.environ, "PYTHONPATH": path}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -14,6 +14,10 @@ import torch
 from lit_gpt_scratch.model.gpt import GPT
 
 
+class NonFiniteLogits(ValueError):
+    """The model gave NaN or infinite logits: its weights are damaged, or training diverged."""
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -90,6 +94,7 @@ def generate(
     caches = model.new_caches(B, longest + max_new_tokens) if use_cache else None
     new_ids = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    nonfinite = torch.zeros(B, dtype=torch.bool, device=device)  # read once, at the end
     padded = not bool(pad_mask.all())  # without padding the plain causal kernels serve
     step_input = idx
     for _ in range(max_new_tokens):
@@ -102,6 +107,9 @@ def generate(
             sequence = torch.cat([idx, new_ids], dim=1)
             logits, _ = forward(sequence, pos=positions, pad_mask=keys_mask)
         last = logits[:, -1, :vocab_limit]  # (B, V): the ids the tokenizer has
+        finite = torch.isfinite(last).all(dim=-1)  # (B,)
+        nonfinite |= ~finite
+        last = torch.where(finite[:, None], last, 0.0)  # sampling stays defined; raised below
         next_id = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
         new_ids = torch.cat([new_ids, next_id[:, None]], dim=1)
         if stop_id is not None and early_stop:
@@ -111,6 +119,11 @@ def generate(
         step_input = next_id[:, None]
         pad_mask = torch.cat([pad_mask, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
     model.train(was_training)
+    if nonfinite.any():
+        raise NonFiniteLogits(
+            "the model's logits are not finite (NaN or inf): its weights are damaged, or "
+            "training diverged"
+        )
     return [_until(row.tolist(), stop_id) for row in new_ids]
 
 
