@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_gpt_scratch.distributed import all_reduce
 from lit_gpt_scratch.errors import StoppedNow, UserError
-from lit_gpt_scratch.run_checkpoint import RunCheckpoint, last_path_of
+from lit_gpt_scratch.run_checkpoint import RunCheckpoint, last_path_of, validation_due
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,6 @@ class StopOnSignal(L.Callback):
                 log.warning("signals are not caught: fit does not run in the main thread")
                 return
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_handlers()
-
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore_handlers()
 
@@ -96,20 +93,28 @@ class StopOnSignal(L.Callback):
         signum = self._agreed_signal(trainer)
         if signum is None:
             return
+        validated = validation_due(trainer)
         callback = trainer.checkpoint_callback
-        if isinstance(callback, RunCheckpoint):
-            path = str(callback.save_last_now(trainer))
+        if isinstance(callback, RunCheckpoint) and validated:
+            callback.last_after_validation = True  # the step's validation point comes first
+        elif isinstance(callback, RunCheckpoint):
+            callback.save_last_now(trainer)
         else:  # a plain ModelCheckpoint, or none: save beside the run
-            path = last_checkpoint_path(trainer)
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(last_checkpoint_path(trainer))
+        if not validated:
+            # Lightning validates at a requested stop: a point an uninterrupted run never has
+            trainer.limit_val_batches = 0
         self.stopped_by = signum
         trainer.should_stop = True
-        if trainer.is_global_zero:
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+        if self.stopped_by is not None and trainer.is_global_zero:
             log.warning(
                 "saved %s at step %d; stopping (exit code %d). Resume with --ckpt_path last",
-                path,
+                last_checkpoint_path(trainer),
                 trainer.global_step,
-                128 + signum,
+                128 + self.stopped_by,
             )
 
     def _agreed_signal(self, trainer) -> int | None:

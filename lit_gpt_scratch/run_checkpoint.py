@@ -2,6 +2,11 @@
 the newest (``last-1.ckpt``, ...), so a checkpoint damaged after it was written still leaves
 a good one to resume from. Configured as the top-level ``checkpoint:`` section.
 
+At a step that is validated, the save waits for the validation: the file is named and ranked
+by that step's own ``val/loss`` (Lightning's saves at the batch end carry the one before),
+and a kill between the save and the validation can no longer lose the validation point (a
+resume from that save skipped it).
+
 Every write goes to a temporary file beside the target, renamed over it
 (``checkpoint_io.AtomicCheckpointIO``), so a kill during a save leaves the previous
 ``last.ckpt`` whole.
@@ -36,6 +41,29 @@ class RunCheckpoint(ModelCheckpoint):
             raise UserError(f"checkpoint.keep_last must be at least 1, got {keep_last}")
         super().__init__(**kwargs)
         self.keep_last = keep_last
+        self._validation_next = False  # within on_train_batch_end: this step is validated
+        self.last_after_validation = False  # a stop's last.ckpt, due after this validation
+        self._step_of_last: int | None = None  # the step the newest last.ckpt holds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._validation_next = validation_due(trainer)
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._validation_next = False
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self._validation_next:  # after it, with its metrics (on_validation_end)
+            self._defer_save_until_validation = True
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.last_after_validation and not trainer.sanity_checking:
+            self.last_after_validation = False
+            if self._step_of_last != trainer.global_step:
+                self.save_last_now(trainer)
 
     @property
     def last_path(self) -> Path:
@@ -53,11 +81,30 @@ class RunCheckpoint(ModelCheckpoint):
         # not this one's (the run folder moved), and a top-k file saved before the first
         # last.ckpt holds none. The rotation keeps its names exact: the newest is always
         # last.ckpt, and --ckpt_path last finds it.
+        if self._validation_next:
+            self._defer_save_until_validation = True
+            return
         if self.save_last:
             self.last_model_path = str(self.last_path)
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        if self.save_last and Path(filepath) == self.last_path and trainer.is_global_zero:
+        is_last = Path(filepath) == self.last_path
+        if self.save_last and is_last and trainer.is_global_zero:
             rotate_last(self.last_path, self.keep_last - 1)
         super()._save_checkpoint(trainer, filepath)
+        if is_last:
+            self._step_of_last = trainer.global_step
+
+
+def validation_due(trainer) -> bool:
+    """Whether Lightning validates right after this training batch, asked in its batch-end
+    hooks; a stop requested in those hooks (which Lightning also validates for) left out.
+    Lightning's own rule, a private method (Lightning 2.6); tests/test_lightning_internals.py
+    fails if an upgrade renames it."""
+    loop = trainer.fit_loop
+    stop, trainer.should_stop = trainer.should_stop, False
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    finally:
+        trainer.should_stop = stop

@@ -16,9 +16,9 @@ import torch
 class SignalAtStep(L.Callback):
     """Send ``signal`` at ``step``: ``when="end"`` in that batch's end hooks, before
     ModelCheckpoint (Lightning runs it last) could save it; ``"start"`` at the next batch's
-    start, after. ``batch``: at that batch index instead (under gradient accumulation, a
-    micro-batch inside an optimizer step). ``times``: send it that many times in a row (a
-    double Ctrl-C)."""
+    start, after; ``"validation"`` as that step's validation starts. ``batch``: at that
+    batch index instead (under gradient accumulation, a micro-batch inside an optimizer
+    step). ``times``: send it that many times in a row (a double Ctrl-C)."""
 
     def __init__(
         self, step: int = -1, signal: str = "SIGKILL", when: str = "end", batch: int = -1,
@@ -40,6 +40,10 @@ class SignalAtStep(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._maybe_send(trainer, "start", batch_idx)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._maybe_send(trainer, "validation", -1)
 
 
 signal_module = signal

@@ -15,3 +15,16 @@ def test_lightnings_per_batch_sigterm_broadcast_is_where_preemption_expects_it()
     method = _TrainingEpochLoop._broadcast_sigterm_tensor
     assert list(inspect.signature(method).parameters) == ["self"]
     assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
+
+
+def test_lightnings_validation_rule_is_where_run_checkpoint_asks_it():
+    # run_checkpoint.validation_due asks it in the batch-end hooks, with the fit loop's fetcher.
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+
+    method = _TrainingEpochLoop._should_check_val_fx
+    assert list(inspect.signature(method).parameters) == ["self", "data_fetcher"]
+    source = inspect.getsource(_TrainingEpochLoop.on_advance_end)
+    assert "self._should_check_val_fx(data_fetcher)" in source
+    assert "self._data_fetcher" in inspect.getsource(_FitLoop)
+    # it reads should_stop, which validation_due sets aside for the length of the call
+    assert "self.trainer.should_stop" in inspect.getsource(method)
