@@ -143,6 +143,9 @@ class LitGPT(L.LightningModule):
             getattr(self, f"{split}_nats").update(loss.detach() * targets.numel())
             getattr(self, f"{split}_bytes").update(self.token_bytes[targets].sum())
 
+    # what validation logs, as val/<name> (bpb with the tokenizer's byte counts only)
+    EVALUATION_METRICS = ("loss", "ppl", "bpb")
+
     def _log_evaluation(self, split: str, prog_bar: bool) -> None:
         metrics = [getattr(self, f"{split}_{m}") for m in ("loss", "nats", "bytes")]
         loss = metrics[0].compute()  # torchmetrics sums over ranks

@@ -59,11 +59,36 @@ class RunCheckpoint(ModelCheckpoint):
         super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        self._check_monitor(trainer)
         super().on_validation_end(trainer, pl_module)
         if self.last_after_validation and not trainer.sanity_checking:
             self.last_after_validation = False
             if self._step_of_last != trainer.global_step:
                 self.save_last_now(trainer)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """A ``checkpoint.monitor`` of validation that the module does not log (a typo such as
+        ``val/los``), refused before training rather than at the first save it blocks."""
+        names = getattr(pl_module, "EVALUATION_METRICS", None)
+        if names is None or self.monitor is None or not self.monitor.startswith("val/"):
+            return
+        if self.monitor.removeprefix("val/") not in names:
+            raise UserError(
+                f"checkpoint.monitor {self.monitor!r} is not a metric validation logs "
+                f"({', '.join(f'val/{n}' for n in names)}): use one of them"
+            )
+
+    def _check_monitor(self, trainer) -> None:
+        """Any other monitor no logged metric answers to: refused at the first validation."""
+        logged = trainer.callback_metrics
+        if self.monitor is None or self.monitor in logged or not logged:
+            return
+        if trainer.sanity_checking:
+            return  # training metrics are not logged yet
+        raise UserError(
+            f"checkpoint.monitor {self.monitor!r} is not a metric this run logs "
+            f"({', '.join(sorted(logged))}): use one of them"
+        )
 
     @property
     def last_path(self) -> Path:

@@ -137,11 +137,24 @@ def test_lightning_misconfiguration_is_one_line(cli, args):
     [
         ("--preemption.signals=[SIGFOO]", "error: preemption.signals: unknown signal 'SIGFOO'"),
         ("--checkpoint.keep_last=0", "error: checkpoint.keep_last must be at least 1, got 0"),
+        (
+            "--checkpoint.monitor=val/los",
+            "error: checkpoint.monitor 'val/los' is not a metric validation logs (val/loss, "
+            "val/ppl, val/bpb): use one of them",
+        ),
+        (
+            "--checkpoint.monitor=train/los",
+            "error: checkpoint.monitor 'train/los' is not a metric this run logs (lr-AdamW/pg1, "
+            "lr-AdamW/pg2, lr-AdamW/pg3, train/grad_norm, train/loss, train/tokens, "
+            "train/tokens_per_sec, val/bpb, val/loss, val/ppl): use one of them",
+        ),
     ],
 )
-def test_bad_callback_options_are_one_line(cli, args, arg, message):
+def test_bad_callback_options_are_one_line(tmp_path, cli, args, arg, message):
     result = cli("fit", *args, arg)
     assert result.returncode == 1 and last_line(result) == message
+    if arg.startswith("--checkpoint.monitor=val/"):  # refused before training began
+        assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(
