@@ -417,7 +417,6 @@ def run(args: list[str]) -> int:
         cli = _run_cli()
         started = True
     except NothingToTrain as e:  # a finished run resumed again (a requeue): done, say so
-        started = True
         rank_zero_only(print)(e, file=sys.stderr)
         return 0
     except MisconfigurationException as e:  # Lightning's word for a bad combination of options
@@ -444,7 +443,7 @@ def run(args: list[str]) -> int:
 def _release_run_folders(failed: bool) -> None:
     """The run folder's lock ends with the command (the kernel drops it at any exit; this is
     for a caller that runs several commands in one process). A command that failed before
-    it wrote anything leaves no new run folder behind."""
+    its loop began leaves no new run folder behind."""
     forget_new_runs(remove=failed and rank_zero_only.rank == 0)
     while _HELD_LOCKS:
         _HELD_LOCKS.pop().release()
