@@ -2,6 +2,8 @@
 
 import tempfile
 
+import pytest
+
 from lit_gpt_scratch.bench import tokenize as bench
 
 
@@ -21,6 +23,7 @@ def test_bench_runs_and_token_check_passes(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []  # the temporary work dir was removed
 
 
+@pytest.mark.slow
 def test_bench_keeps_an_explicit_work_dir(tmp_path, capsys):
     assert (
         bench.main(

@@ -72,6 +72,7 @@ def test_loss_memory_rows_agree_on_loss_and_gradients(capsys):
     assert len({(r[5], r[6]) for r in rows}) == 1  # the same loss and grad norm in every row
 
 
+@pytest.mark.slow
 def test_two_compiled_rows_in_one_process_both_compile(fast, capsys):
     # Dynamo's caches are reset per row: without it the rows recompile the same code objects
     # and, past the recompile limit, run eager. aot_eager: no code generation, quick on CPU.

@@ -119,6 +119,7 @@ def test_weights_of_another_shape_name_the_tensor(tmp_path, cli):
     )
 
 
+@pytest.mark.slow
 def test_kill_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path):
     args = run_args(tmp_path)
     kill = tmp_path / "kill.yaml"

@@ -50,7 +50,9 @@ def dynamo_counters():
 
 
 @pytest.mark.parametrize("dynamic", ["false", "true"], ids=["static", "dynamic"])
-@pytest.mark.parametrize("layout", ["gpt2", "llama", "modern"])
+@pytest.mark.parametrize(
+    "layout", ["gpt2", *(pytest.param(x, marks=pytest.mark.slow) for x in ("llama", "modern"))]
+)
 def test_fit_compiles_two_graphs_and_never_breaks(tmp_path, cli, dynamo_counters, layout, dynamic):
     """Six bf16-mixed training steps, a text sample after steps 2, 4 and 6, validation after
     steps 3 and 6: Dynamo captures exactly two graphs of ``GPT.forward``, training's and

@@ -50,6 +50,7 @@ def test_ddp_trains_as_one_process_with_the_same_global_batch(single):
         assert got_loss == pytest.approx(want_loss, abs=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_ddp_crosses_epoch_ends_and_uneven_val_splits_in_step(single):
     """16 batches of 2 x 4 per epoch, 20 steps: both ranks cross the epoch end together.
     7 val windows: each rank scores 3, and no rank waits for a batch the other lacks. Rank 0
@@ -66,6 +67,7 @@ def test_ddp_crosses_epoch_ends_and_uneven_val_splits_in_step(single):
     assert sorted(texts) == [10, 20] and all(text.strip("`\n ") for text in texts.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)], ids=["ddp-to-one", "one-to-ddp"])
 def test_a_checkpoint_resumes_on_the_other_number_of_processes(single, first, then):
     """Steps 0-1 on ``first`` processes, steps 2-3 resumed on ``then``: the same losses and
@@ -89,6 +91,7 @@ def test_a_checkpoint_resumes_on_the_other_number_of_processes(single, first, th
         torch.testing.assert_close(tensor, reference[name], atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 def test_accumulation_all_reduces_only_on_the_last_micro_batch(single):
     """global_batch_size 16 = 2 ranks x 4 x 2 accumulated: batches 0 and 2 of each rank run
     their backward under no_sync; batches 1 and 3 all-reduce every gradient bucket."""
@@ -122,6 +125,7 @@ def test_an_error_on_one_rank_is_one_line_on_each(single, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_ddp_step_neither_waits_at_a_barrier_nor_reads_the_device_between_logging_steps(
     single,
 ):

@@ -33,6 +33,7 @@ def single(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_fsdp_trains_as_one_process_saves_shards_resumes_and_consolidates(single, cli):
     """Steps 0-1 under FSDP, then steps 2-3 resumed from its sharded last.ckpt: the same
     losses, gradient norms (the clipping norm: global, not a shard's) and final weights as
@@ -113,6 +114,7 @@ def test_fsdp_ranks_decide_together_on_what_one_rank_sees(single):
         assert setup["reduce_dtype"] == "torch.float32"
 
 
+@pytest.mark.slow
 def test_muon_refuses_fsdp_shards_in_one_line_on_every_rank(single):
     workdir = single / "muon"
     result = fit(workdir, single / "data", f"--config={ROOT / 'configs/overlays/muon.yaml'}",

@@ -261,6 +261,7 @@ def start_and_wait_for_chunk(cmd: list[str], out: Path, chunk: int) -> subproces
     raise AssertionError("prepare finished before the signal: make the corpus larger")
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_process_group_then_rerun_is_byte_identical(tmp_path):
     src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
     subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)

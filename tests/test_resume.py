@@ -65,7 +65,8 @@ def corpus(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("num_workers", "kill_step", "when"),
-    [(0, 7, "end"), (2, 8, "start")],  # between two saves; just after the save at step 8
+    # between two saves; just after the save at step 8
+    [(0, 7, "end"), pytest.param(2, 8, "start", marks=pytest.mark.slow)],
 )
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(
     tmp_path, corpus, num_workers, kill_step, when
@@ -107,7 +108,9 @@ def ten_steps(corpus, tmp_path_factory):
     return args, losses(root / "whole/checkpoints/tiny/version_0")
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1", "SIGINT"])
+@pytest.mark.parametrize(
+    "name", ["SIGTERM", *(pytest.param(n, marks=pytest.mark.slow) for n in ("SIGUSR1", "SIGINT"))]
+)
 def test_signal_saves_the_current_step_and_exits_with_its_code(tmp_path, ten_steps, name):
     args, uninterrupted = ten_steps
     stopped = fit(tmp_path / "run", args, signal_at(tmp_path, 6, name))
@@ -123,6 +126,7 @@ def test_signal_saves_the_current_step_and_exits_with_its_code(tmp_path, ten_ste
     assert losses(run) == uninterrupted
 
 
+@pytest.mark.slow
 def test_a_signal_between_micro_batches_saves_at_the_end_of_that_optimizer_step(tmp_path, corpus):
     """2 micro-batches per optimizer step: SIGTERM after the first micro-batch of step 6
     (batch 12) saves once the step's last one is done, at step 7, and the resumed run equals

@@ -46,7 +46,7 @@ def test_the_uninterrupted_run_validates_at_4_and_8(whole):
     assert [s for s, _ in val_losses(run)] == [3, 7]  # logged at the step index of steps 4, 8
 
 
-@pytest.mark.parametrize("when", ["validation", "start"])
+@pytest.mark.parametrize("when", ["validation", pytest.param("start", marks=pytest.mark.slow)])
 def test_a_kill_around_a_validated_step_keeps_every_validation_point(tmp_path, whole, when):
     """Killed as step 8's validation starts (before, its checkpoint was saved already, and the
     resumed run skipped the validation: the point was lost) or just after that step."""
@@ -59,7 +59,8 @@ def test_a_kill_around_a_validated_step_keeps_every_validation_point(tmp_path, w
     assert losses(tmp_path / RUN) == losses(uninterrupted)
 
 
-@pytest.mark.parametrize("step", [6, 8])  # between validations; a validated step
+# between validations; a validated step
+@pytest.mark.parametrize("step", [6, pytest.param(8, marks=pytest.mark.slow)])
 def test_a_signal_stop_adds_no_validation_point_and_loses_none(tmp_path, whole, step):
     args, uninterrupted = whole
     stopped = fit(tmp_path, args, signal_at(tmp_path, step, "SIGTERM"))

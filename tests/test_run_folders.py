@@ -85,6 +85,7 @@ def test_new_runs_that_list_the_folders_at_once_still_get_one_each(tmp_path, mon
     second_lock.release()
 
 
+@pytest.mark.slow
 def test_restarts_before_the_first_checkpoint_reuse_the_empty_run_folder(tmp_path, corpus):
     overrides = {"trainer.max_steps": "6", "checkpoint.every_n_train_steps": "4"}
     args = [*small_run_args(corpus, tmp_path / "data", **overrides), "--ckpt_path=last"]

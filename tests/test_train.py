@@ -294,6 +294,7 @@ def test_val_bpb_is_the_loss_per_byte_of_the_windows_scored(run_dir, cli, tokeni
     assert bpb.value == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_prepare_data_runs_once_under_two_ddp_processes(tmp_path):
     """Two real processes (DDP on gloo): rank 0 tokenizes, rank 1 never calls prepare."""
     import sys
