@@ -356,3 +356,21 @@ def test_bad_options_are_named(corpus, tmp_path, option, value, message):
     with pytest.raises(UserError, match=message):
         run(corpus, tmp_path / "out", **{option: value})
     assert not (tmp_path / "out").exists()
+
+
+def test_data_dir_that_is_a_file_is_refused_and_never_offered_for_deletion(corpus, tmp_path):
+    from lit_gpt_scratch.data.tokens import read_meta
+
+    user_file = tmp_path / "zero.txt"
+    user_file.write_bytes(b"the user's own file\n")
+    for data_dir, what in (
+        (user_file, "is"),
+        (user_file / "sub", f"is inside {user_file}, which is"),
+    ):
+        message = f"data_dir {data_dir} {what} a file, not a folder: choose a folder for data_dir"
+        for attempt in (lambda: run(corpus, data_dir), lambda: read_meta(data_dir)):
+            with pytest.raises(UserError) as raised:
+                attempt()
+            assert str(raised.value) == message
+    assert user_file.read_bytes() == b"the user's own file\n"
+    assert sorted(os.listdir(tmp_path)) == ["corpus", "zero.txt"]

@@ -37,7 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_gpt_scratch.data.shards import META, SHARD_RE, SPLITS, ShardWriter, fsync_dir
+from lit_gpt_scratch.data.shards import (
+    META,
+    SHARD_RE,
+    SPLITS,
+    ShardWriter,
+    fsync_dir,
+    refuse_file_as_data_dir,
+)
 from lit_gpt_scratch.data.sources import HF_PREFIX, Chunk, plan_sources
 from lit_gpt_scratch.data.tokenize import (
     ChunkTokens,
@@ -97,6 +104,7 @@ def prepare(
         "text_field": text_field,
     }
     out = Path(data_dir)
+    refuse_file_as_data_dir(out)
     meta = _read_json(out / META)
     if meta is not None:
         _refuse_if_changed(out, meta["settings"], settings)
@@ -390,8 +398,6 @@ def _own_file(name: str) -> bool:
 
 
 def _refuse_foreign_files(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"data_dir {out} exists and is not a directory")
     foreign = sorted(n for n in os.listdir(out) if not _own_file(n)) if out.exists() else []
     if foreign:
         raise UserError(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_gpt_scratch.errors import UserError
+
 META = "meta.json"  # written last by prepare: its presence marks a complete directory
 SPLITS = ("train", "val")
 TMP_SUFFIX = ".tmp"
@@ -32,6 +34,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def refuse_file_as_data_dir(out: Path) -> None:
+    """One line when ``out``, or the nearest of its parents that exists, is not a folder (the
+    user's own file: never suggest deleting it)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == out else f"is inside {path}, which is"
+                raise UserError(
+                    f"data_dir {out} {what} a file, not a folder: choose a folder for data_dir"
+                )
+            return
 
 
 class ShardWriter:
