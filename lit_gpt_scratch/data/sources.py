@@ -307,11 +307,36 @@ def _file_chunks(
 def _parquet_chunks(path: str, text_field: str) -> Iterator[ParquetRowGroup]:
     pq = _import_pyarrow_parquet(path)
     try:
-        meta = pq.ParquetFile(path).metadata
+        parquet = pq.ParquetFile(path)
     except Exception as e:
         raise UserError(f"source {path}: not a readable parquet file ({e})") from None
+    _check_text_column(path, parquet.schema_arrow, text_field)
+    meta = parquet.metadata
     for i in range(meta.num_row_groups):
         yield ParquetRowGroup(path, i, text_field, meta.row_group(i).total_byte_size)
+
+
+def _check_text_column(path: str, schema, text_field: str) -> None:
+    """Up front, in the main process: a column of numbers would fail in the tokenizer, inside
+    a worker, as a traceback."""
+    import pyarrow as pa
+
+    if text_field not in schema.names:
+        raise UserError(f"{path}: has no column {text_field!r}")
+    kind = schema.field(text_field).type
+    if pa.types.is_dictionary(kind):  # dictionary-encoded strings read back as strings
+        kind = kind.value_type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or _is_string_view(kind)):
+        raise UserError(
+            f"{path}: column {text_field!r} holds {schema.field(text_field).type}, not strings: "
+            "set data.text_field to a text column"
+        )
+
+
+def _is_string_view(kind) -> bool:
+    import pyarrow as pa
+
+    return hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind)
 
 
 def _import_pyarrow_parquet(path: str):
