@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -368,9 +369,29 @@ def test_data_dir_that_is_a_file_is_refused_and_never_offered_for_deletion(corpu
         (user_file / "sub", f"is inside {user_file}, which is"),
     ):
         message = f"data_dir {data_dir} {what} a file, not a folder: choose a folder for data_dir"
-        for attempt in (lambda: run(corpus, data_dir), lambda: read_meta(data_dir)):
+        for attempt in (functools.partial(run, corpus), read_meta):
             with pytest.raises(UserError) as raised:
-                attempt()
+                attempt(data_dir)
             assert str(raised.value) == message
     assert user_file.read_bytes() == b"the user's own file\n"
     assert sorted(os.listdir(tmp_path)) == ["corpus", "zero.txt"]
+
+
+def test_nul_byte_past_the_probe_makes_the_file_binary_whatever_the_workers(tmp_path, caplog):
+    late_nul = b"plain text " * 1818 + b"\0" + b" more text" * 50  # the NUL at byte 19998
+    assert late_nul.index(b"\0") > 2 * 8192
+    clean = write_text_corpus(tmp_path / "clean", LOREM)
+    mixed = write_text_corpus(tmp_path / "mixed", LOREM[:30] + [late_nul] + LOREM[30:])
+    run(clean, tmp_path / "ref")
+    with caplog.at_level(logging.INFO):
+        metas = [run(mixed, tmp_path / f"w{n}", prepare_workers=n) for n in (0, 2)]
+    assert dir_bytes(tmp_path / "w0") == dir_bytes(tmp_path / "w2")
+    shards = {k: v for k, v in dir_bytes(tmp_path / "ref").items() if k.endswith(".bin")}
+    assert {k: v for k, v in dir_bytes(tmp_path / "w0").items() if k.endswith(".bin")} == shards
+    assert [m["stats"]["binary_files_skipped"] for m in metas] == [1, 1]
+    assert f"skipped binary file {mixed / 'doc_00030.txt'}" in caplog.text
+    named = mixed / "doc_00030.txt"
+    with pytest.raises(UserError) as raised:
+        run(named, tmp_path / "named")
+    assert str(raised.value) == f"source {named}: is a binary file (NUL bytes), not text"
+    assert not (tmp_path / "named").exists()

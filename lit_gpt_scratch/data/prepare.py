@@ -168,9 +168,11 @@ class _Run:
             _remove_outputs(out, remove_dir=False)  # strays from a run killed before its 1st sync
             self.next_chunk = 0
             self.counters = dict.fromkeys(COUNTERS, 0)
+            self.binary_files: list[str] = []  # found binary by the workers, past the probe
         else:
             self.next_chunk = state["next_chunk"]
             self.counters = state["counters"]
+            self.binary_files = state.get("binary_files", [])
             try:
                 for split, w in writers.items():
                     w.resume_at(state["tokens"][split])
@@ -220,6 +222,7 @@ class _Run:
         self.counters["train_documents"] += len(is_val) - n_val
         for key in ("invalid_utf8", "lookalikes", "empty"):
             self.counters[key] += getattr(result, key)
+        self.binary_files += result.binary_files
         self.counters["bytes"] += result.nbytes
 
     def _checkpoint(self) -> None:
@@ -232,6 +235,7 @@ class _Run:
             "next_chunk": self.next_chunk,
             "tokens": {s: w.total for s, w in self.writers.items()},
             "counters": self.counters,
+            "binary_files": self.binary_files,
         }
         write_json_atomic(self.out / STATE, state)
 
@@ -247,6 +251,7 @@ class _Run:
         splits = {s: w.finish() for s, w in self.writers.items()}
         fsync_dir(self.out)
         settings = {k: v for k, v in self.settings.items() if k != "chunk_bytes"}
+        skipped_binary = skipped_binary + self.binary_files
         c = self.counters
         meta = {
             "format_version": FORMAT_VERSION,

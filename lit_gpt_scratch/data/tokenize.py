@@ -18,6 +18,7 @@ class ChunkTokens:
     invalid_utf8: int  # documents whose bytes were not valid UTF-8
     lookalikes: int  # documents holding a special token's text (kept as plain text)
     empty: int  # empty documents, skipped
+    binary_files: tuple[str, ...] = ()  # files found binary when read whole, skipped
 
 
 def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
@@ -25,7 +26,11 @@ def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
     parts: list[np.ndarray] = []
     lengths: list[int] = []
     invalid = lookalikes = empty = 0
+    binary: list[str] = []
     for doc in chunk.documents():
+        if doc.binary_file:
+            binary.append(doc.binary_file)
+            continue
         text = doc.text
         if not text:
             empty += 1
@@ -49,6 +54,7 @@ def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
         invalid_utf8=invalid,
         lookalikes=lookalikes,
         empty=empty,
+        binary_files=tuple(binary),
     )
 
 
