@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -240,9 +241,9 @@ PREPARE_SCRIPT = (
 )
 
 
-def prepare_command(src: Path, out: Path) -> list[str]:
+def prepare_command(src: Path, out: Path, script: str = PREPARE_SCRIPT) -> list[str]:
     return [
-        *(sys.executable, "-c", PREPARE_SCRIPT, "prepare", f"--data.sources=['{src}']"),
+        *(sys.executable, "-c", script, "prepare", f"--data.sources=['{src}']"),
         *("--data.val_fraction=0.05", "--data.block_size=16", "--data.shard_tokens=5000"),
         *("--data.prepare_workers=2", "--progress=false", f"--data.data_dir={out}"),
     ]
@@ -290,6 +291,63 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_continues(tmp_path):
     resumed = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming" in resumed.stderr
     assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
+
+
+# Ctrl-C delivered inside ProcessPoolExecutor.submit, after it registered a work item and before
+# it queued it (the 20th submit): a KeyboardInterrupt raised there leaves an item no worker ever
+# gets, and the pool's shutdown waits for it forever. CTRL_C_TIMES Ctrl-Cs in a row.
+CTRL_C_IN_SUBMIT = (
+    """
+import os, queue, signal, sys
+
+real_put, submits = queue.Queue.put, []
+
+
+def put(q, *args, **kwargs):
+    if sys._getframe(1).f_code.co_name == "submit":
+        submits.append(1)
+        if len(submits) == 20:
+            for _ in range(int(os.environ["CTRL_C_TIMES"])):
+                os.kill(os.getpid(), signal.SIGINT)
+    return real_put(q, *args, **kwargs)
+
+
+queue.Queue.put = put
+"""
+    + PREPARE_SCRIPT
+)
+
+
+@pytest.mark.parametrize(
+    ("times", "last_line"),
+    [
+        (1, "interrupted: run the same command again to continue"),
+    ],
+)
+def test_ctrl_c_inside_the_pools_submit_does_not_hang(tmp_path, times, last_line):
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS[:100])  # some 40 chunks
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        prepare_command(src, out, CTRL_C_IN_SUBMIT),
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CTRL_C_TIMES": str(times)},
+    )
+    try:
+        _, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("prepare hung after a Ctrl-C inside the pool's submit") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left of it
+        proc.wait()
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == last_line
+    assert "Traceback" not in stderr
+    assert (out / STATE).exists() and not (out / META).exists()
+    resumed = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr
 
 
 # --- bad input: a one-line error naming the problem, and nothing written -------------------------

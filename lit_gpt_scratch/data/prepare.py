@@ -13,6 +13,8 @@ Guarantees:
   checkpointed to ``prepare_state.json`` at chunk boundaries, and ``meta.json`` is written last.
   A rerun after a kill continues from the last checkpoint and ends byte-identical to an
   uninterrupted run; a rerun on a finished directory is a no-op.
+- Ctrl-C stops at the next chunk boundary with the progress made durable (never inside the
+  process pool's internals, where it could hang the pool's shutdown); a second one stops at once.
 - Bad input (missing or binary source, empty corpus, corpus smaller than one training window)
   raises ``UserError`` and leaves nothing behind.
 """
@@ -25,9 +27,7 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -46,6 +46,7 @@ from lit_gpt_scratch.data.shards import (
     refuse_file_as_data_dir,
 )
 from lit_gpt_scratch.data.sources import HF_PREFIX, Chunk, plan_sources
+from lit_gpt_scratch.data.stopping import sigint_ignored, stop_requests
 from lit_gpt_scratch.data.tokenize import (
     ChunkTokens,
     init_worker,
@@ -191,15 +192,24 @@ class _Run:
     def tokenize(self, chunks: Iterable[Chunk], total_bytes, workers, progress) -> None:
         last_sync = time.monotonic()
         todo = islice(chunks, self.next_chunk, None)
-        with _progress_bar(total_bytes, self.counters["bytes"], progress) as bar:
-            for result in _map_in_order(todo, self.tok, workers):
+        with (
+            _progress_bar(total_bytes, self.counters["bytes"], progress) as bar,
+            stop_requests() as stop,  # outlives the pool: its shutdown is covered too
+            contextlib.closing(_map_in_order(todo, self.tok, workers)) as results,
+        ):
+            for result in results:
                 self._route(result)
                 self.next_chunk += 1
                 bar.update(result.nbytes)
                 bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
+                if stop:
+                    break
                 if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
                     self._checkpoint()
                     last_sync = time.monotonic()
+            if stop:  # a chunk boundary, outside the pool's internals: keep the progress made
+                self._checkpoint()
+                stop.raise_it()
 
     @property
     def tokens(self) -> int:
@@ -327,7 +337,7 @@ def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
     with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=(tok,)) as pool:
         pending = deque()
         try:
-            with _sigint_ignored():  # the first submits start every worker
+            with sigint_ignored():  # the first submits start every worker
                 pending.extend(pool.submit(tokenize_in_worker, c) for c in islice(chunks, workers))
             for chunk in chunks:
                 pending.append(pool.submit(tokenize_in_worker, chunk))
@@ -338,23 +348,6 @@ def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
         finally:
             for future in pending:
                 future.cancel()
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """Start worker processes with Ctrl-C ignored, a disposition they keep through exec.
-
-    Ctrl-C reaches the whole process group; only the main process should act on it, stopping
-    cleanly with its last checkpoint kept, rather than every worker printing a traceback.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _progress_bar(total: int | None, initial: int, enabled: bool):
