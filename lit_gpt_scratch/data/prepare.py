@@ -13,8 +13,9 @@ Guarantees:
   checkpointed to ``prepare_state.json`` at chunk boundaries, and ``meta.json`` is written last.
   A rerun after a kill continues from the last checkpoint and ends byte-identical to an
   uninterrupted run; a rerun on a finished directory is a no-op.
-- Ctrl-C stops at the next chunk boundary with the progress made durable (never inside the
-  process pool's internals, where it could hang the pool's shutdown); a second one stops at once.
+- Ctrl-C and SIGTERM stop at the next chunk boundary with the progress made durable (never
+  inside the process pool's internals, where it could hang its shutdown); a second one stops
+  at once. Workers die with the main process, however it ends.
 - Bad input (missing or binary source, empty corpus, corpus smaller than one training window)
   raises ``UserError`` and leaves nothing behind.
 """
@@ -32,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from pathlib import Path
 
@@ -197,16 +199,21 @@ class _Run:
             stop_requests() as stop,  # outlives the pool: its shutdown is covered too
             contextlib.closing(_map_in_order(todo, self.tok, workers)) as results,
         ):
-            for result in results:
-                self._route(result)
-                self.next_chunk += 1
-                bar.update(result.nbytes)
-                bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
-                if stop:
-                    break
-                if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
-                    self._checkpoint()
-                    last_sync = time.monotonic()
+            try:
+                for result in results:
+                    self._route(result)
+                    self.next_chunk += 1
+                    bar.update(result.nbytes)
+                    bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
+                    if stop:
+                        break
+                    if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
+                        self._checkpoint()
+                        last_sync = time.monotonic()
+            except BrokenProcessPool:
+                if not stop:
+                    raise
+                # the signal went to the whole process group: the workers ended with it
             if stop:  # a chunk boundary, outside the pool's internals: keep the progress made
                 self._checkpoint()
                 stop.raise_it()
@@ -334,7 +341,9 @@ def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
         return
     # spawn, not fork: forking a process that runs threads (tqdm, torch) can deadlock the child.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=(tok,)) as pool:
+    with ProcessPoolExecutor(
+        workers, context, initializer=init_worker, initargs=(tok, os.getpid())
+    ) as pool:
         pending = deque()
         try:
             with sigint_ignored():  # the first submits start every worker

@@ -1,11 +1,11 @@
-"""Ctrl-C while ``prepare`` tokenizes: a request to stop between two chunks, never an exception
-raised at a random point.
+"""Ctrl-C or SIGTERM while ``prepare`` tokenizes: a request to stop between two chunks, never
+an exception raised at a random point.
 
 A ``KeyboardInterrupt`` raised wherever the main thread happens to be can land inside
 ``concurrent.futures`` (``submit`` between registering a work item and queueing it, or holding
 the executor's locks): the pool's shutdown then waits forever for work that never runs. So
 while chunks are tokenized, the signal handler only records the request; the loop checks it
-after each chunk, makes its progress durable, and raises there. A second Ctrl-C stops at once.
+after each chunk, makes its progress durable, and raises there. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import signal
 import sys
 import threading
 
-STOP_SIGNALS = (signal.SIGINT,)
+from lit_gpt_scratch.errors import Terminated
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequests:
@@ -30,28 +32,32 @@ class StopRequests:
 
     def raise_it(self) -> None:
         """Raise what the first signal means, from a safe point of the main loop."""
+        if self.signals[0] == signal.SIGTERM:
+            raise Terminated
         raise KeyboardInterrupt
 
     def _handle(self, signum, frame) -> None:
         if self.signals:
-            _stop_at_once()
+            _stop_at_once(signum)
         self.signals.append(signum)
 
 
-def _stop_at_once() -> None:
+def _stop_at_once(signum: int) -> None:
     # The files on disk are what a kill at this moment leaves: a rerun resumes from the last
     # checkpoint. os._exit, not an exception: that could hang in the pool's internals again.
+    what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     sys.stderr.write(
-        "error: stopped at once by a second Ctrl-C: run the same command again to continue "
+        f"error: stopped at once by a second {what}: run the same command again to continue "
         "from the last checkpoint\n"
     )
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(128 + signum)  # the workers die with this process (see init_worker)
 
 
 @contextlib.contextmanager
 def stop_requests():
-    """Within the block, SIGINT only records a request, which the caller checks; outside, the
+    """Within the block, SIGINT and SIGTERM only record a request, which the caller checks
+    (``raise_it`` raises KeyboardInterrupt or Terminated); outside, the
     handlers are what they were. A signal the process ignores (a background job's SIGINT)
     stays ignored."""
     requests = StopRequests()
