@@ -429,6 +429,57 @@ def test_sigterm_stops_like_ctrl_c_with_no_worker_left_and_the_rerun_continues(t
         assert dir_bytes(out) == dir_bytes(tmp_path / "ref"), target
 
 
+# 50 ms more per chunk: some 8 s in all, time for a second process to start meanwhile
+SLOWER_SCRIPT = PREPARE_SCRIPT.replace(
+    "from lit_gpt_scratch.cli",
+    "import time; route = p._Run._route;"
+    "p._Run._route = lambda run, result: (time.sleep(0.05), route(run, result))[1];"
+    "from lit_gpt_scratch.cli",
+)
+
+
+def test_two_prepares_into_one_data_dir_one_refuses_the_other_is_whole(tmp_path, monkeypatch):
+    from lit_gpt_scratch.data import sources
+    from lit_gpt_scratch.data.datamodule import TokenDataModule  # before the clock runs
+
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 4096)  # as the child processes have it
+
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
+    subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
+    out = tmp_path / "out"
+    with open(tmp_path / "stderr", "w") as stderr:
+        first = start_and_wait_for_chunk(prepare_command(src, out, SLOWER_SCRIPT), out, 10, stderr)
+    try:
+        second = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
+        assert (second.returncode, second.stderr) == (
+            1,
+            f"error: data_dir {out} is in use by another process ({out}/.lock is locked): "
+            "wait for it to finish, or use another folder\n",
+        )
+        # fit's prepare_data on the directory refuses alike, rather than read it half-written
+        data = TokenDataModule(
+            [str(src)], data_dir=str(out), val_fraction=0.05, block_size=16, shard_tokens=5000
+        )
+        with pytest.raises(UserError, match=r"is in use by another process"):
+            data.prepare_data()
+        assert first.poll() is None  # it was still running all along
+        assert first.wait(timeout=60) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref")  # no .lock left either
+    data.prepare_data()
+    data.setup("fit")
+
+
+def test_a_failed_prepare_removes_its_lock_file_too(tmp_path):
+    (tmp_path / "out").mkdir()  # an empty folder of the user's: kept, and left empty
+    src = write_text_corpus(tmp_path / "c", ["tiny", "docs"])
+    with pytest.raises(UserError, match=r"smaller than one training window"):
+        run(src, tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == []
+
+
 # --- bad input: a one-line error naming the problem, and nothing written -------------------------
 
 

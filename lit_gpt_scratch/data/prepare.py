@@ -56,6 +56,7 @@ from lit_gpt_scratch.data.tokenize import (
     tokenize_in_worker,
 )
 from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.locks import LOCK_NAME, FolderLock
 from lit_gpt_scratch.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -108,33 +109,57 @@ def prepare(
     }
     out = Path(data_dir)
     refuse_file_as_data_dir(out)
+    run_settings = {**settings, "chunk_bytes": plan.chunk_bytes}  # chunk indices depend on it
+    # Every check of what is there reads only: a complete directory is used as it is.
     meta = _read_json(out / META)
     if meta is not None:
-        _refuse_if_changed(out, meta["settings"], settings)
-        _check_complete(out, meta, block_size)
-        (out / STATE).unlink(missing_ok=True)  # left if killed between meta.json and cleanup
-        log.info("%s is already prepared with these settings: nothing to do", out)
-        return meta
-    state = _read_json(out / STATE)
-    run_settings = {**settings, "chunk_bytes": plan.chunk_bytes}  # chunk indices depend on it
-    if state is not None:
-        _refuse_if_changed(out, state["settings"], run_settings)
+        return _already_prepared(out, meta, settings, block_size)
+    _refuse_if_other_run(out, run_settings)
     _refuse_foreign_files(out)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-
-    writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
-    run = _Run(out, tok, writers, val_fraction, run_settings, state)
+    # There is work to do: one prepare at a time (another one would interleave its writes).
+    lock = FolderLock(out, f"data_dir {out}")
+    lock.acquire()
     try:
+        meta = _read_json(out / META)
+        if meta is not None:  # another prepare completed it just before we took the lock
+            lock.remove_and_release()
+            return _already_prepared(out, meta, settings, block_size)
+        state = _refuse_if_other_run(out, run_settings)
+        writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
+        run = _Run(out, tok, writers, val_fraction, run_settings, state)
         try:
-            run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
-            return run.finish(sources, block_size, plan.skipped_binary)
-        finally:
-            for w in writers.values():
-                w.close()
-    except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
-        _remove_outputs(out, remove_dir=created)
-        raise
+            try:
+                run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
+                meta = run.finish(sources, block_size, plan.skipped_binary)
+            finally:
+                for w in writers.values():
+                    w.close()
+        except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
+            _remove_outputs(out, remove_dir=created, lock=lock)
+            raise
+        lock.remove_and_release()  # a complete directory: its shards and meta.json, nothing else
+        return meta
+    finally:
+        lock.release()
+
+
+def _already_prepared(out: Path, meta: dict, settings: dict, block_size: int) -> dict:
+    _refuse_if_changed(out, meta["settings"], settings)
+    _check_complete(out, meta, block_size)
+    if (out / STATE).exists():  # left if killed between meta.json and cleanup
+        with contextlib.suppress(OSError):  # e.g. a read-only mount: harmless, meta.json rules
+            (out / STATE).unlink()
+    log.info("%s is already prepared with these settings: nothing to do", out)
+    return meta
+
+
+def _refuse_if_other_run(out: Path, run_settings: dict) -> dict | None:
+    """The checkpoint of an interrupted run, refused if it was made with other settings."""
+    state = _read_json(out / STATE)
+    if state is not None:
+        _refuse_if_changed(out, state["settings"], run_settings)
+    return state
 
 
 def prepare_from_config(data: dict, progress: bool = True) -> dict:
@@ -401,7 +426,13 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _own_file(name: str) -> bool:
-    return bool(SHARD_RE.match(name)) or name in (META, STATE, META + ".tmp", STATE + ".tmp")
+    return bool(SHARD_RE.match(name)) or name in (
+        META,
+        STATE,
+        META + ".tmp",
+        STATE + ".tmp",
+        LOCK_NAME,  # left by a killed run; a finished one removes it
+    )
 
 
 def _refuse_foreign_files(out: Path) -> None:
@@ -413,10 +444,11 @@ def _refuse_foreign_files(out: Path) -> None:
         )
 
 
-def _remove_outputs(out: Path, remove_dir: bool) -> None:
+def _remove_outputs(out: Path, remove_dir: bool, lock: FolderLock | None = None) -> None:
+    """Remove what prepare wrote; the lock file only with ``lock``, held by this process."""
     if out.is_dir():
         for name in os.listdir(out):
-            if _own_file(name):
+            if _own_file(name) and (name != LOCK_NAME or lock is not None):
                 (out / name).unlink()
     if remove_dir and out.is_dir() and not os.listdir(out):
         out.rmdir()
