@@ -480,6 +480,52 @@ def test_a_failed_prepare_removes_its_lock_file_too(tmp_path):
     assert os.listdir(tmp_path / "out") == []
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh tmpfs of that size; remount(option) changes it (e.g. "ro").
+    Skips where mounting is not permitted (tests run as root in the sandbox, not everywhere)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"mnt{len(mounted)}"
+        path.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    def remount(path: Path, option: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{option}", str(path)], check=True)
+
+    mount.remount = remount
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_complete_data_dir_on_a_read_only_mount_is_used_as_it_is(corpus, tmpfs):
+    from lit_gpt_scratch.data.datamodule import TokenDataModule
+
+    out = tmpfs("4m") / "data"
+    run(corpus, out)
+    tmpfs.remount(out.parent, "ro")
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    meta = run(corpus, out, prepare_workers=2)
+    assert meta == json.loads((out / META).read_text())
+    data = TokenDataModule(
+        [str(corpus)], data_dir=str(out), val_fraction=0.1, block_size=8, shard_tokens=64
+    )
+    data.prepare_data()  # what fit runs first
+    data.setup("fit")
+    assert next(iter(data.val_dataloader())).shape == (data.hparams.batch_size, 9)
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+
+
 # --- bad input: a one-line error naming the problem, and nothing written -------------------------
 
 
