@@ -60,8 +60,12 @@ class FolderLock:
                     ) from None
                 time.sleep(poll_s)
         # who holds it, for a person who looks (the lock itself is the flock, not this text)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: name the file
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._fd = fd
 
     def release(self) -> None:

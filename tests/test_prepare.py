@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -524,6 +525,49 @@ def test_a_complete_data_dir_on_a_read_only_mount_is_used_as_it_is(corpus, tmpfs
     data.setup("fit")
     assert next(iter(data.val_dataloader())).shape == (data.hparams.batch_size, 9)
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+
+
+BIG_CORPUS = [f"{i} " + "The quick brown fox jumps over the lazy dog. " * 20 for i in range(300)]
+
+
+def test_out_of_space_names_the_file_and_a_fresh_prepare_leaves_nothing(tmp_path, tmpfs):
+    src = write_text_corpus(tmp_path / "c", BIG_CORPUS)  # some 60,000 tokens: 120 kB
+    disk = tmpfs("64k")
+    with pytest.raises(UserError) as raised:
+        run(src, disk / "out", shard_tokens=4096)
+    assert re.fullmatch(
+        rf"{disk}/out/((train|val)_\d{{6}}\.bin(\.tmp)?|prepare_state\.json\.tmp): "
+        r"No space left on device: free some "
+        r"space \(or choose another data_dir\) and prepare again",
+        str(raised.value),
+    ), raised.value
+    assert os.listdir(disk) == []
+
+
+def test_out_of_space_on_a_resumed_prepare_goes_back_to_its_checkpoint(
+    tmp_path, tmpfs, monkeypatch
+):
+    src = write_text_corpus(tmp_path / "c", BIG_CORPUS)
+    run(src, tmp_path / "ref", shard_tokens=4096)
+    disk = tmpfs("1m")
+    out = disk / "out"
+    with monkeypatch.context() as m:
+        crash_at(m, 100)
+        with pytest.raises(Crash):
+            run(src, out, shard_tokens=4096)
+    free = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 16384))
+    with pytest.raises(UserError, match=r": No space left on device: .* run the same command "):
+        run(src, out, shard_tokens=4096)
+    state = json.loads((out / STATE).read_text())
+    assert state["next_chunk"] > 0
+    for split in ("train", "val"):  # every token past the checkpoint is gone, space given back
+        files = [p for p in out.iterdir() if p.name.startswith(f"{split}_")]
+        assert sum(p.stat().st_size for p in files) == 2 * state["tokens"][split]
+    assert not (out / META).exists() and not list(out.glob("*.json.tmp"))
+    (disk / "filler").unlink()
+    run(src, out, shard_tokens=4096)
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
 
 
 # --- bad input: a one-line error naming the problem, and nothing written -------------------------

@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import logging
@@ -45,6 +46,7 @@ from lit_gpt_scratch.data.shards import (
     SPLITS,
     ShardWriter,
     fsync_dir,
+    naming,
     refuse_file_as_data_dir,
 )
 from lit_gpt_scratch.data.sources import HF_PREFIX, Chunk, plan_sources
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STATE = "prepare_state.json"
 CHECKPOINT_SECONDS = 5.0  # how often progress is made durable, at most
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 COUNTERS = ("bytes", "invalid_utf8", "lookalikes", "empty", "train_documents", "val_documents")
 
 
@@ -138,6 +141,20 @@ def prepare(
         except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
             _remove_outputs(out, remove_dir=created, lock=lock)
             raise
+        except OSError as e:
+            if e.errno not in OUT_OF_SPACE:
+                raise
+            # Give the space back: a fresh run leaves nothing, a resumed one its last checkpoint.
+            if state is None:
+                _remove_outputs(out, remove_dir=created, lock=lock)
+                then = "prepare again"
+            else:
+                _roll_back_to_checkpoint(out, shard_tokens, tok.dtype)
+                then = "run the same command again to continue from its last checkpoint"
+            raise UserError(
+                f"{e.filename or out}: {e.strerror}: free some space (or choose another "
+                f"data_dir) and {then}"
+            ) from None
         lock.remove_and_release()  # a complete directory: its shards and meta.json, nothing else
         return meta
     finally:
@@ -152,6 +169,20 @@ def _already_prepared(out: Path, meta: dict, settings: dict, block_size: int) ->
             (out / STATE).unlink()
     log.info("%s is already prepared with these settings: nothing to do", out)
     return meta
+
+
+def _roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype) -> None:
+    """Cut the shards back to the last checkpoint on disk, as a rerun would, and drop the
+    temporary files written since."""
+    state = _read_json(out / STATE)
+    for name in (META + ".tmp", STATE + ".tmp"):
+        (out / name).unlink(missing_ok=True)
+    if state is None:
+        return
+    for split in SPLITS:
+        writer = ShardWriter(out, split, shard_tokens, dtype)
+        writer.resume_at(state["tokens"][split])
+        writer.close()
 
 
 def _refuse_if_other_run(out: Path, run_settings: dict) -> dict | None:
@@ -405,7 +436,7 @@ def _progress_bar(total: int | None, initial: int, enabled: bool):
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with naming(tmp), open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
         f.flush()
