@@ -403,6 +403,28 @@ def test_sigkill_of_the_main_process_only_takes_the_workers_with_it(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+DIE_WITH_PARENT = """
+import ctypes, os, sys
+from lit_gpt_scratch.data.tokenize import die_with_parent
+die_with_parent(int(sys.argv[1]))
+signal = ctypes.c_int()
+ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0)  # PR_GET_PDEATHSIG
+print(signal.value)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_asks_for_sigkill_at_its_parents_death_and_exits_if_it_is_gone():
+    def child(parent_pid: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", DIE_WITH_PARENT, str(parent_pid)]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    alive = child(os.getpid())
+    assert (alive.returncode, alive.stdout) == (0, f"{int(signal.SIGKILL)}\n")
+    gone = child(os.getpid() + 1_000_000)  # as if its parent had already ended
+    assert (gone.returncode, gone.stdout, gone.stderr) == (1, "", "")
+
+
 def test_sigterm_stops_like_ctrl_c_with_no_worker_left_and_the_rerun_continues(tmp_path):
     src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
     subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
