@@ -132,6 +132,10 @@ def test_same_output_for_two_runs_and_any_number_of_workers(corpus, tmp_path):
 
 def test_rerun_on_a_complete_directory_is_a_no_op(corpus, tmp_path, caplog):
     run(corpus, tmp_path / "out")
+    reference = dir_bytes(tmp_path / "out")
+    (tmp_path / "out" / ".lock").write_text("123\n")  # a kill just after meta.json left it
+    run(corpus, tmp_path / "out")
+    assert dir_bytes(tmp_path / "out") == reference
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     with caplog.at_level(logging.INFO):
         run(corpus, tmp_path / "out", prepare_workers=2)  # workers do not change the output

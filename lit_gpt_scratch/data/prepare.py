@@ -164,9 +164,10 @@ def prepare(
 def _already_prepared(out: Path, meta: dict, settings: dict, block_size: int) -> dict:
     _refuse_if_changed(out, meta["settings"], settings)
     _check_complete(out, meta, block_size)
-    if (out / STATE).exists():  # left if killed between meta.json and cleanup
-        with contextlib.suppress(OSError):  # e.g. a read-only mount: harmless, meta.json rules
-            (out / STATE).unlink()
+    for name in (STATE, LOCK_NAME):  # left if killed between meta.json and cleanup
+        if (out / name).exists():
+            with contextlib.suppress(OSError):  # e.g. a read-only mount: harmless, meta.json rules
+                (out / name).unlink()
     log.info("%s is already prepared with these settings: nothing to do", out)
     return meta
 
