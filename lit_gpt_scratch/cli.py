@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lit_gpt_scratch.errors import StoppedNow, UserError
+from lit_gpt_scratch.errors import StoppedNow, Terminated, UserError
 
 # OSErrors of the machine, not of the code: no space, no permission, a read-only filesystem.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated: run the same command again to continue", file=sys.stderr)
+        return 143
     except StoppedNow:
         print(
             "error: stopped at once by a second Ctrl-C, without saving this step: "

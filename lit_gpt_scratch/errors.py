@@ -19,6 +19,11 @@ class Diverged(UserError):
     exit_code = 3
 
 
+class Terminated(BaseException):
+    """SIGTERM asked a command to stop and it stopped cleanly at a safe point (exit code 143,
+    128 + SIGTERM): like a KeyboardInterrupt, not an error of the input."""
+
+
 class StoppedNow(BaseException):
     """A second Ctrl-C during training: stop at once, without saving (exit code 130). Not a
     KeyboardInterrupt, which Lightning turns into exit code 1 with no word of why."""

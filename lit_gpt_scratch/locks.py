@@ -43,7 +43,14 @@ class FolderLock:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if _names(self.path, fd):
+                    break
+                # The holder removed the file as it finished (see remove_and_release): a lock
+                # on that unlinked file excludes no one. Lock the file the path names now.
+                os.close(fd)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                continue
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
@@ -53,8 +60,12 @@ class FolderLock:
                     ) from None
                 time.sleep(poll_s)
         # who holds it, for a person who looks (the lock itself is the flock, not this text)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: name the file
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self._fd = fd
 
     def release(self) -> None:
@@ -63,9 +74,25 @@ class FolderLock:
             os.close(self._fd)
             self._fd = None
 
+    def remove_and_release(self) -> None:
+        """Remove the lock file, then release: for a folder that must be left as it was."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+        self.release()
+
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` is still the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 @contextmanager

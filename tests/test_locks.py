@@ -1,7 +1,10 @@
 """FolderLock: one holder at a time, across real processes, and never left stale by a kill."""
 
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -50,3 +53,19 @@ def test_a_waiter_gets_the_lock_once_the_holder_ends(tmp_path):
     lock.release()
     killer.wait()
     holder.wait()
+
+
+def test_a_waiter_on_a_lock_file_removed_by_its_holder_locks_the_new_one(tmp_path):
+    first = FolderLock(tmp_path, "x")
+    first.acquire()
+    waiter = FolderLock(tmp_path, "x")
+    thread = threading.Thread(target=waiter.acquire, kwargs={"wait_s": 30, "poll_s": 0.01})
+    thread.start()  # it opened the lock file that `first` is about to remove
+    time.sleep(0.2)
+    first.remove_and_release()
+    thread.join()
+    assert waiter.held
+    with pytest.raises(UserError, match=r"^x is in use by another process"):
+        FolderLock(tmp_path, "x").acquire()  # the waiter excludes anyone who comes now
+    waiter.remove_and_release()
+    assert os.listdir(tmp_path) == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +132,10 @@ def test_same_output_for_two_runs_and_any_number_of_workers(corpus, tmp_path):
 
 def test_rerun_on_a_complete_directory_is_a_no_op(corpus, tmp_path, caplog):
     run(corpus, tmp_path / "out")
+    reference = dir_bytes(tmp_path / "out")
+    (tmp_path / "out" / ".lock").write_text("123\n")  # a kill just after meta.json left it
+    run(corpus, tmp_path / "out")
+    assert dir_bytes(tmp_path / "out") == reference
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     with caplog.at_level(logging.INFO):
         run(corpus, tmp_path / "out", prepare_workers=2)  # workers do not change the output
@@ -239,17 +246,19 @@ PREPARE_SCRIPT = (
 )
 
 
-def prepare_command(src: Path, out: Path) -> list[str]:
+def prepare_command(src: Path, out: Path, script: str = PREPARE_SCRIPT) -> list[str]:
     return [
-        *(sys.executable, "-c", PREPARE_SCRIPT, "prepare", f"--data.sources=['{src}']"),
+        *(sys.executable, "-c", script, "prepare", f"--data.sources=['{src}']"),
         *("--data.val_fraction=0.05", "--data.block_size=16", "--data.shard_tokens=5000"),
         *("--data.prepare_workers=2", "--progress=false", f"--data.data_dir={out}"),
     ]
 
 
-def start_and_wait_for_chunk(cmd: list[str], out: Path, chunk: int) -> subprocess.Popen:
+def start_and_wait_for_chunk(
+    cmd: list[str], out: Path, chunk: int, stderr=subprocess.PIPE
+) -> subprocess.Popen:
     """Start ``cmd`` in its own process group; return once its checkpoint passed ``chunk``."""
-    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=stderr, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -289,6 +298,302 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_continues(tmp_path):
     assert (out / STATE).exists() and not (out / META).exists()
     resumed = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming" in resumed.stderr
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
+
+
+# Ctrl-C delivered inside ProcessPoolExecutor.submit, after it registered a work item and before
+# it queued it (the 20th submit): a KeyboardInterrupt raised there leaves an item no worker ever
+# gets, and the pool's shutdown waits for it forever. CTRL_C_TIMES Ctrl-Cs in a row.
+CTRL_C_IN_SUBMIT = (
+    """
+import os, queue, signal, sys
+
+real_put, submits = queue.Queue.put, []
+
+
+def put(q, *args, **kwargs):
+    if sys._getframe(1).f_code.co_name == "submit":
+        submits.append(1)
+        if len(submits) == 20:
+            for _ in range(int(os.environ["CTRL_C_TIMES"])):
+                os.kill(os.getpid(), signal.SIGINT)
+    return real_put(q, *args, **kwargs)
+
+
+queue.Queue.put = put
+"""
+    + PREPARE_SCRIPT
+)
+
+
+@pytest.mark.parametrize(
+    ("times", "last_line"),
+    [
+        (1, "interrupted: run the same command again to continue"),
+        (
+            2,
+            "error: stopped at once by a second Ctrl-C: run the same command again to continue "
+            "from the last checkpoint",
+        ),
+    ],
+)
+def test_ctrl_c_inside_the_pools_submit_does_not_hang(tmp_path, times, last_line):
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS[:100])  # some 40 chunks
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        prepare_command(src, out, CTRL_C_IN_SUBMIT),
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CTRL_C_TIMES": str(times)},
+    )
+    try:
+        _, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("prepare hung after a Ctrl-C inside the pool's submit") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left of it
+        proc.wait()
+    assert proc.returncode == 130
+    # after a stop at once, multiprocessing's resource tracker may still warn of its semaphores
+    assert last_line in stderr.strip().splitlines()[-3:]
+    assert "Traceback" not in stderr
+    assert (out / STATE).exists() and not (out / META).exists()
+    resumed = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr
+
+
+def proc_stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name: [state, ppid, ...]; [] if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, read from /proc (psutil is not installed)."""
+    pids = (int(e) for e in os.listdir("/proc") if e.isdigit())
+    return [c for c in pids if proc_stat(c)[1:2] == [str(pid)]]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps it)."""
+    return proc_stat(pid)[:1] not in ([], ["Z"])
+
+
+def wait_until_gone(pids: list[int], seconds: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(running(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if running(p)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sigkill_of_the_main_process_only_takes_the_workers_with_it(tmp_path):
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
+    out = tmp_path / "out"
+    # stderr to a file: orphaned workers would hold a pipe open, and reading it would hang
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = start_and_wait_for_chunk(prepare_command(src, out), out, 10, stderr)
+    workers = children(proc.pid)
+    assert len(workers) >= 2  # the two tokenizers (and multiprocessing's resource tracker)
+    try:
+        proc.kill()  # the main process only, not its group
+        proc.wait()
+        assert wait_until_gone(workers) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+DIE_WITH_PARENT = """
+import ctypes, os, sys
+from lit_gpt_scratch.data.tokenize import die_with_parent
+die_with_parent(int(sys.argv[1]))
+signal = ctypes.c_int()
+ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0)  # PR_GET_PDEATHSIG
+print(signal.value)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_asks_for_sigkill_at_its_parents_death_and_exits_if_it_is_gone():
+    def child(parent_pid: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", DIE_WITH_PARENT, str(parent_pid)]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    alive = child(os.getpid())
+    assert (alive.returncode, alive.stdout) == (0, f"{int(signal.SIGKILL)}\n")
+    gone = child(os.getpid() + 1_000_000)  # as if its parent had already ended
+    assert (gone.returncode, gone.stdout, gone.stderr) == (1, "", "")
+
+
+def test_sigterm_stops_like_ctrl_c_with_no_worker_left_and_the_rerun_continues(tmp_path):
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
+    subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
+    for target in ("main process", "process group"):
+        out = tmp_path / target.replace(" ", "_")
+        with open(tmp_path / "stderr", "w") as stderr:
+            proc = start_and_wait_for_chunk(prepare_command(src, out), out, 10, stderr)
+        workers = children(proc.pid)
+        try:
+            if target == "main process":
+                os.kill(proc.pid, signal.SIGTERM)  # as `kill PID`, or a container's stop
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)  # as systemd's stop of the whole group
+            assert proc.wait(timeout=30) == 143
+            assert wait_until_gone(workers) == []
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        lines = (tmp_path / "stderr").read_text().strip().splitlines()
+        assert lines[-1] == "terminated: run the same command again to continue"
+        assert not any("Traceback" in line for line in lines)
+        assert (out / STATE).exists() and not (out / META).exists()
+        resumed = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
+        assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr
+        assert dir_bytes(out) == dir_bytes(tmp_path / "ref"), target
+
+
+# 50 ms more per chunk: some 8 s in all, time for a second process to start meanwhile
+SLOWER_SCRIPT = PREPARE_SCRIPT.replace(
+    "from lit_gpt_scratch.cli",
+    "import time; route = p._Run._route;"
+    "p._Run._route = lambda run, result: (time.sleep(0.05), route(run, result))[1];"
+    "from lit_gpt_scratch.cli",
+)
+
+
+def test_two_prepares_into_one_data_dir_one_refuses_the_other_is_whole(tmp_path, monkeypatch):
+    from lit_gpt_scratch.data import sources
+    from lit_gpt_scratch.data.datamodule import TokenDataModule  # before the clock runs
+
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 4096)  # as the child processes have it
+
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
+    subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
+    out = tmp_path / "out"
+    with open(tmp_path / "stderr", "w") as stderr:
+        first = start_and_wait_for_chunk(prepare_command(src, out, SLOWER_SCRIPT), out, 10, stderr)
+    try:
+        second = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
+        assert (second.returncode, second.stderr) == (
+            1,
+            f"error: data_dir {out} is in use by another process ({out}/.lock is locked): "
+            "wait for it to finish, or use another folder\n",
+        )
+        # fit's prepare_data on the directory refuses alike, rather than read it half-written
+        data = TokenDataModule(
+            [str(src)], data_dir=str(out), val_fraction=0.05, block_size=16, shard_tokens=5000
+        )
+        with pytest.raises(UserError, match=r"is in use by another process"):
+            data.prepare_data()
+        assert first.poll() is None  # it was still running all along
+        assert first.wait(timeout=60) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+    assert dir_bytes(out) == dir_bytes(tmp_path / "ref")  # no .lock left either
+    data.prepare_data()
+    data.setup("fit")
+
+
+def test_a_failed_prepare_removes_its_lock_file_too(tmp_path):
+    (tmp_path / "out").mkdir()  # an empty folder of the user's: kept, and left empty
+    src = write_text_corpus(tmp_path / "c", ["tiny", "docs"])
+    with pytest.raises(UserError, match=r"smaller than one training window"):
+        run(src, tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh tmpfs of that size; remount(option) changes it (e.g. "ro").
+    Skips where mounting is not permitted (tests run as root in the sandbox, not everywhere)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"mnt{len(mounted)}"
+        path.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    def remount(path: Path, option: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{option}", str(path)], check=True)
+
+    mount.remount = remount
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_complete_data_dir_on_a_read_only_mount_is_used_as_it_is(corpus, tmpfs):
+    from lit_gpt_scratch.data.datamodule import TokenDataModule
+
+    out = tmpfs("4m") / "data"
+    run(corpus, out)
+    tmpfs.remount(out.parent, "ro")
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    meta = run(corpus, out, prepare_workers=2)
+    assert meta == json.loads((out / META).read_text())
+    data = TokenDataModule(
+        [str(corpus)], data_dir=str(out), val_fraction=0.1, block_size=8, shard_tokens=64
+    )
+    data.prepare_data()  # what fit runs first
+    data.setup("fit")
+    assert next(iter(data.val_dataloader())).shape == (data.hparams.batch_size, 9)
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+
+
+BIG_CORPUS = [f"{i} " + "The quick brown fox jumps over the lazy dog. " * 20 for i in range(300)]
+
+
+def test_out_of_space_names_the_file_and_a_fresh_prepare_leaves_nothing(tmp_path, tmpfs):
+    src = write_text_corpus(tmp_path / "c", BIG_CORPUS)  # some 60,000 tokens: 120 kB
+    disk = tmpfs("64k")
+    with pytest.raises(UserError) as raised:
+        run(src, disk / "out", shard_tokens=4096)
+    assert re.fullmatch(
+        rf"{disk}/out/((train|val)_\d{{6}}\.bin(\.tmp)?|prepare_state\.json\.tmp): "
+        r"No space left on device: free some "
+        r"space \(or choose another data_dir\) and prepare again",
+        str(raised.value),
+    ), raised.value
+    assert os.listdir(disk) == []
+
+
+def test_out_of_space_on_a_resumed_prepare_goes_back_to_its_checkpoint(
+    tmp_path, tmpfs, monkeypatch
+):
+    src = write_text_corpus(tmp_path / "c", BIG_CORPUS)
+    run(src, tmp_path / "ref", shard_tokens=4096)
+    disk = tmpfs("1m")
+    out = disk / "out"
+    with monkeypatch.context() as m:
+        crash_at(m, 100)
+        with pytest.raises(Crash):
+            run(src, out, shard_tokens=4096)
+    free = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 16384))
+    with pytest.raises(UserError, match=r": No space left on device: .* run the same command "):
+        run(src, out, shard_tokens=4096)
+    state = json.loads((out / STATE).read_text())
+    assert state["next_chunk"] > 0
+    for split in ("train", "val"):  # every token past the checkpoint is gone, space given back
+        files = [p for p in out.iterdir() if p.name.startswith(f"{split}_")]
+        assert sum(p.stat().st_size for p in files) == 2 * state["tokens"][split]
+    assert not (out / META).exists() and not list(out.glob("*.json.tmp"))
+    (disk / "filler").unlink()
+    run(src, out, shard_tokens=4096)
     assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
 
 
@@ -357,3 +662,41 @@ def test_bad_options_are_named(corpus, tmp_path, option, value, message):
     with pytest.raises(UserError, match=message):
         run(corpus, tmp_path / "out", **{option: value})
     assert not (tmp_path / "out").exists()
+
+
+def test_data_dir_that_is_a_file_is_refused_and_never_offered_for_deletion(corpus, tmp_path):
+    from lit_gpt_scratch.data.tokens import read_meta
+
+    user_file = tmp_path / "zero.txt"
+    user_file.write_bytes(b"the user's own file\n")
+    for data_dir, what in (
+        (user_file, "is"),
+        (user_file / "sub", f"is inside {user_file}, which is"),
+    ):
+        message = f"data_dir {data_dir} {what} a file, not a folder: choose a folder for data_dir"
+        for attempt in (functools.partial(run, corpus), read_meta):
+            with pytest.raises(UserError) as raised:
+                attempt(data_dir)
+            assert str(raised.value) == message
+    assert user_file.read_bytes() == b"the user's own file\n"
+    assert sorted(os.listdir(tmp_path)) == ["corpus", "zero.txt"]
+
+
+def test_nul_byte_past_the_probe_makes_the_file_binary_whatever_the_workers(tmp_path, caplog):
+    late_nul = b"plain text " * 1818 + b"\0" + b" more text" * 50  # the NUL at byte 19998
+    assert late_nul.index(b"\0") > 2 * 8192
+    clean = write_text_corpus(tmp_path / "clean", LOREM)
+    mixed = write_text_corpus(tmp_path / "mixed", LOREM[:30] + [late_nul] + LOREM[30:])
+    run(clean, tmp_path / "ref")
+    with caplog.at_level(logging.INFO):
+        metas = [run(mixed, tmp_path / f"w{n}", prepare_workers=n) for n in (0, 2)]
+    assert dir_bytes(tmp_path / "w0") == dir_bytes(tmp_path / "w2")
+    shards = {k: v for k, v in dir_bytes(tmp_path / "ref").items() if k.endswith(".bin")}
+    assert {k: v for k, v in dir_bytes(tmp_path / "w0").items() if k.endswith(".bin")} == shards
+    assert [m["stats"]["binary_files_skipped"] for m in metas] == [1, 1]
+    assert f"skipped binary file {mixed / 'doc_00030.txt'}" in caplog.text
+    named = mixed / "doc_00030.txt"
+    with pytest.raises(UserError) as raised:
+        run(named, tmp_path / "named")
+    assert str(raised.value) == f"source {named}: is a binary file (NUL bytes), not text"
+    assert not (tmp_path / "named").exists()

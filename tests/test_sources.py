@@ -246,3 +246,24 @@ def test_streamed_and_local_sources_keep_list_order(tmp_path):
     plan = plan_sources([str(tmp_path / "local.txt"), stream, str(tmp_path / "other.txt")])
     assert documents(plan) == ["local", "streamed", "other"]
     assert documents(plan_sources([stream, str(tmp_path / "local.txt")])) == ["streamed", "local"]
+
+
+def test_parquet_column_of_numbers_is_named_with_its_type(cli, tmp_path):
+    write_parquet(tmp_path / "ints.parquet", list(range(20)))
+    path = tmp_path / "ints.parquet"
+    message = (
+        f"{path}: column 'text' holds int64, not strings: set data.text_field to a text column"
+    )
+    with pytest.raises(UserError) as raised:
+        plan_sources([str(path)])
+    assert str(raised.value) == message
+    for workers in ("0", "2"):
+        result = cli(
+            "prepare",
+            f"--data.sources=['{path}']",
+            f"--data.data_dir={tmp_path / 'out'}",
+            f"--data.prepare_workers={workers}",
+            "--progress=false",
+        )
+        assert (result.returncode, result.stderr) == (1, f"error: {message}\n")
+        assert not (tmp_path / "out").exists()

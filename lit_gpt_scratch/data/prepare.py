@@ -13,6 +13,9 @@ Guarantees:
   checkpointed to ``prepare_state.json`` at chunk boundaries, and ``meta.json`` is written last.
   A rerun after a kill continues from the last checkpoint and ends byte-identical to an
   uninterrupted run; a rerun on a finished directory is a no-op.
+- Ctrl-C and SIGTERM stop at the next chunk boundary with the progress made durable (never
+  inside the process pool's internals, where it could hang its shutdown); a second one stops
+  at once. Workers die with the main process, however it ends.
 - Bad input (missing or binary source, empty corpus, corpus smaller than one training window)
   raises ``UserError`` and leaves nothing behind.
 """
@@ -20,25 +23,34 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import logging
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from lit_gpt_scratch.data.shards import META, SHARD_RE, SPLITS, ShardWriter, fsync_dir
+from lit_gpt_scratch.data.shards import (
+    META,
+    SHARD_RE,
+    SPLITS,
+    ShardWriter,
+    fsync_dir,
+    naming,
+    refuse_file_as_data_dir,
+)
 from lit_gpt_scratch.data.sources import HF_PREFIX, Chunk, plan_sources
+from lit_gpt_scratch.data.stopping import sigint_ignored, stop_requests
 from lit_gpt_scratch.data.tokenize import (
     ChunkTokens,
     init_worker,
@@ -46,6 +58,7 @@ from lit_gpt_scratch.data.tokenize import (
     tokenize_in_worker,
 )
 from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.locks import LOCK_NAME, FolderLock
 from lit_gpt_scratch.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -53,6 +66,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STATE = "prepare_state.json"
 CHECKPOINT_SECONDS = 5.0  # how often progress is made durable, at most
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 COUNTERS = ("bytes", "invalid_utf8", "lookalikes", "empty", "train_documents", "val_documents")
 
 
@@ -97,33 +111,87 @@ def prepare(
         "text_field": text_field,
     }
     out = Path(data_dir)
+    refuse_file_as_data_dir(out)
+    run_settings = {**settings, "chunk_bytes": plan.chunk_bytes}  # chunk indices depend on it
+    # Every check of what is there reads only: a complete directory is used as it is.
     meta = _read_json(out / META)
     if meta is not None:
-        _refuse_if_changed(out, meta["settings"], settings)
-        _check_complete(out, meta, block_size)
-        (out / STATE).unlink(missing_ok=True)  # left if killed between meta.json and cleanup
-        log.info("%s is already prepared with these settings: nothing to do", out)
-        return meta
-    state = _read_json(out / STATE)
-    run_settings = {**settings, "chunk_bytes": plan.chunk_bytes}  # chunk indices depend on it
-    if state is not None:
-        _refuse_if_changed(out, state["settings"], run_settings)
+        return _already_prepared(out, meta, settings, block_size)
+    _refuse_if_other_run(out, run_settings)
     _refuse_foreign_files(out)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-
-    writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
-    run = _Run(out, tok, writers, val_fraction, run_settings, state)
+    # There is work to do: one prepare at a time (another one would interleave its writes).
+    lock = FolderLock(out, f"data_dir {out}")
+    lock.acquire()
     try:
+        meta = _read_json(out / META)
+        if meta is not None:  # another prepare completed it just before we took the lock
+            lock.remove_and_release()
+            return _already_prepared(out, meta, settings, block_size)
+        state = _refuse_if_other_run(out, run_settings)
+        writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
+        run = _Run(out, tok, writers, val_fraction, run_settings, state)
         try:
-            run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
-            return run.finish(sources, block_size, plan.skipped_binary)
-        finally:
-            for w in writers.values():
-                w.close()
-    except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
-        _remove_outputs(out, remove_dir=created)
-        raise
+            try:
+                run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
+                meta = run.finish(sources, block_size, plan.skipped_binary)
+            finally:
+                for w in writers.values():
+                    w.close()
+        except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
+            _remove_outputs(out, remove_dir=created, lock=lock)
+            raise
+        except OSError as e:
+            if e.errno not in OUT_OF_SPACE:
+                raise
+            # Give the space back: a fresh run leaves nothing, a resumed one its last checkpoint.
+            if state is None:
+                _remove_outputs(out, remove_dir=created, lock=lock)
+                then = "prepare again"
+            else:
+                _roll_back_to_checkpoint(out, shard_tokens, tok.dtype)
+                then = "run the same command again to continue from its last checkpoint"
+            raise UserError(
+                f"{e.filename or out}: {e.strerror}: free some space (or choose another "
+                f"data_dir) and {then}"
+            ) from None
+        lock.remove_and_release()  # a complete directory: its shards and meta.json, nothing else
+        return meta
+    finally:
+        lock.release()
+
+
+def _already_prepared(out: Path, meta: dict, settings: dict, block_size: int) -> dict:
+    _refuse_if_changed(out, meta["settings"], settings)
+    _check_complete(out, meta, block_size)
+    for name in (STATE, LOCK_NAME):  # left if killed between meta.json and cleanup
+        if (out / name).exists():
+            with contextlib.suppress(OSError):  # e.g. a read-only mount: harmless, meta.json rules
+                (out / name).unlink()
+    log.info("%s is already prepared with these settings: nothing to do", out)
+    return meta
+
+
+def _roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype) -> None:
+    """Cut the shards back to the last checkpoint on disk, as a rerun would, and drop the
+    temporary files written since."""
+    state = _read_json(out / STATE)
+    for name in (META + ".tmp", STATE + ".tmp"):
+        (out / name).unlink(missing_ok=True)
+    if state is None:
+        return
+    for split in SPLITS:
+        writer = ShardWriter(out, split, shard_tokens, dtype)
+        writer.resume_at(state["tokens"][split])
+        writer.close()
+
+
+def _refuse_if_other_run(out: Path, run_settings: dict) -> dict | None:
+    """The checkpoint of an interrupted run, refused if it was made with other settings."""
+    state = _read_json(out / STATE)
+    if state is not None:
+        _refuse_if_changed(out, state["settings"], run_settings)
+    return state
 
 
 def prepare_from_config(data: dict, progress: bool = True) -> dict:
@@ -160,9 +228,11 @@ class _Run:
             _remove_outputs(out, remove_dir=False)  # strays from a run killed before its 1st sync
             self.next_chunk = 0
             self.counters = dict.fromkeys(COUNTERS, 0)
+            self.binary_files: list[str] = []  # found binary by the workers, past the probe
         else:
             self.next_chunk = state["next_chunk"]
             self.counters = state["counters"]
+            self.binary_files = state.get("binary_files", [])
             try:
                 for split, w in writers.items():
                     w.resume_at(state["tokens"][split])
@@ -181,15 +251,29 @@ class _Run:
     def tokenize(self, chunks: Iterable[Chunk], total_bytes, workers, progress) -> None:
         last_sync = time.monotonic()
         todo = islice(chunks, self.next_chunk, None)
-        with _progress_bar(total_bytes, self.counters["bytes"], progress) as bar:
-            for result in _map_in_order(todo, self.tok, workers):
-                self._route(result)
-                self.next_chunk += 1
-                bar.update(result.nbytes)
-                bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
-                if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
-                    self._checkpoint()
-                    last_sync = time.monotonic()
+        with (
+            _progress_bar(total_bytes, self.counters["bytes"], progress) as bar,
+            stop_requests() as stop,  # outlives the pool: its shutdown is covered too
+            contextlib.closing(_map_in_order(todo, self.tok, workers)) as results,
+        ):
+            try:
+                for result in results:
+                    self._route(result)
+                    self.next_chunk += 1
+                    bar.update(result.nbytes)
+                    bar.set_postfix_str(f"{self.tokens / 1e6:,.1f}M tokens", refresh=False)
+                    if stop:
+                        break
+                    if time.monotonic() - last_sync >= CHECKPOINT_SECONDS:
+                        self._checkpoint()
+                        last_sync = time.monotonic()
+            except BrokenProcessPool:
+                if not stop:
+                    raise
+                # the signal went to the whole process group: the workers ended with it
+            if stop:  # a chunk boundary, outside the pool's internals: keep the progress made
+                self._checkpoint()
+                stop.raise_it()
 
     @property
     def tokens(self) -> int:
@@ -212,6 +296,7 @@ class _Run:
         self.counters["train_documents"] += len(is_val) - n_val
         for key in ("invalid_utf8", "lookalikes", "empty"):
             self.counters[key] += getattr(result, key)
+        self.binary_files += result.binary_files
         self.counters["bytes"] += result.nbytes
 
     def _checkpoint(self) -> None:
@@ -224,6 +309,7 @@ class _Run:
             "next_chunk": self.next_chunk,
             "tokens": {s: w.total for s, w in self.writers.items()},
             "counters": self.counters,
+            "binary_files": self.binary_files,
         }
         write_json_atomic(self.out / STATE, state)
 
@@ -239,6 +325,7 @@ class _Run:
         splits = {s: w.finish() for s, w in self.writers.items()}
         fsync_dir(self.out)
         settings = {k: v for k, v in self.settings.items() if k != "chunk_bytes"}
+        skipped_binary = skipped_binary + self.binary_files
         c = self.counters
         meta = {
             "format_version": FORMAT_VERSION,
@@ -311,10 +398,12 @@ def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
         return
     # spawn, not fork: forking a process that runs threads (tqdm, torch) can deadlock the child.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=(tok,)) as pool:
+    with ProcessPoolExecutor(
+        workers, context, initializer=init_worker, initargs=(tok, os.getpid())
+    ) as pool:
         pending = deque()
         try:
-            with _sigint_ignored():  # the first submits start every worker
+            with sigint_ignored():  # the first submits start every worker
                 pending.extend(pool.submit(tokenize_in_worker, c) for c in islice(chunks, workers))
             for chunk in chunks:
                 pending.append(pool.submit(tokenize_in_worker, chunk))
@@ -325,23 +414,6 @@ def _map_in_order(chunks: Iterator[Chunk], tok: Tokenizer, workers: int | None):
         finally:
             for future in pending:
                 future.cancel()
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """Start worker processes with Ctrl-C ignored, a disposition they keep through exec.
-
-    Ctrl-C reaches the whole process group; only the main process should act on it, stopping
-    cleanly with its last checkpoint kept, rather than every worker printing a traceback.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _progress_bar(total: int | None, initial: int, enabled: bool):
@@ -365,7 +437,7 @@ def _progress_bar(total: int | None, initial: int, enabled: bool):
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with naming(tmp), open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
         f.flush()
@@ -386,12 +458,16 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _own_file(name: str) -> bool:
-    return bool(SHARD_RE.match(name)) or name in (META, STATE, META + ".tmp", STATE + ".tmp")
+    return bool(SHARD_RE.match(name)) or name in (
+        META,
+        STATE,
+        META + ".tmp",
+        STATE + ".tmp",
+        LOCK_NAME,  # left by a killed run; a finished one removes it
+    )
 
 
 def _refuse_foreign_files(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"data_dir {out} exists and is not a directory")
     foreign = sorted(n for n in os.listdir(out) if not _own_file(n)) if out.exists() else []
     if foreign:
         raise UserError(
@@ -400,10 +476,11 @@ def _refuse_foreign_files(out: Path) -> None:
         )
 
 
-def _remove_outputs(out: Path, remove_dir: bool) -> None:
+def _remove_outputs(out: Path, remove_dir: bool, lock: FolderLock | None = None) -> None:
+    """Remove what prepare wrote; the lock file only with ``lock``, held by this process."""
     if out.is_dir():
         for name in os.listdir(out):
-            if _own_file(name):
+            if _own_file(name) and (name != LOCK_NAME or lock is not None):
                 (out / name).unlink()
     if remove_dir and out.is_dir() and not os.listdir(out):
         out.rmdir()

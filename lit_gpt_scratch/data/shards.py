@@ -9,11 +9,14 @@ an interrupted ``prepare`` resumes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
 
 import numpy as np
+
+from lit_gpt_scratch.errors import UserError
 
 META = "meta.json"  # written last by prepare: its presence marks a complete directory
 SPLITS = ("train", "val")
@@ -32,6 +35,31 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Give an OSError the file it happened to: a write or flush of an open file (a full disk)
+    raises one without a name."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def refuse_file_as_data_dir(out: Path) -> None:
+    """One line when ``out``, or the nearest of its parents that exists, is not a folder (the
+    user's own file: never suggest deleting it)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == out else f"is inside {path}, which is"
+                raise UserError(
+                    f"data_dir {out} {what} a file, not a folder: choose a folder for data_dir"
+                )
+            return
 
 
 class ShardWriter:
@@ -94,7 +122,8 @@ class ShardWriter:
                 self._file = open(self._tmp(self.total // self.shard_tokens), "ab")
             room = self.shard_tokens - self.total % self.shard_tokens
             head, tokens = tokens[:room], tokens[room:]
-            self._file.write(head.tobytes())
+            with naming(self._file.name):
+                self._file.write(head.tobytes())
             self.total += len(head)
             if self.total % self.shard_tokens == 0:
                 self._complete()
@@ -102,17 +131,21 @@ class ShardWriter:
     def _complete(self) -> None:
         """The current shard is full (or the stream ended): sync it and give it its final name."""
         index = (self.total - 1) // self.shard_tokens
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+        file, self._file = self._file, None
+        with naming(file.name):
+            try:
+                file.flush()
+                os.fsync(file.fileno())
+            finally:
+                file.close()
         os.replace(self._tmp(index), self.path(index))
 
     def sync(self) -> None:
         """Make every token written so far durable (the incomplete shard stays a .tmp)."""
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with naming(self._file.name):
+                self._file.flush()
+                os.fsync(self._file.fileno())
 
     def finish(self) -> list[dict]:
         """Close the stream: the last, shorter shard gets its final name. Returns the shard list."""
@@ -124,5 +157,6 @@ class ShardWriter:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with naming(file.name):
+                file.close()

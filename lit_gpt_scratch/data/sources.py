@@ -6,8 +6,9 @@ A source entry is one of:
   one file one document (site-packages excluded). The embedded default corpus.
 - a file, a directory (recursive, hidden entries skipped) or a glob. ``.jsonl``: one record one
   document (field ``text_field``); ``.parquet``: one row one document (column ``text_field``);
-  anything else: one file one document. Binary files met while scanning (a NUL byte in the first
-  8 KiB) are skipped and counted; a binary file named explicitly is an error.
+  anything else: one file one document. Binary files met while scanning (a NUL byte anywhere:
+  the first 8 KiB are probed when listing, the rest is checked by the worker that reads the
+  file) are skipped and counted; a binary file named explicitly is an error.
 - ``hf:<dataset id>[?name=<config>&split=<split>&data_files=<glob>]``: a Hugging Face dataset in
   streaming mode (needs the ``hf`` extra and a network, or local data files).
 
@@ -41,6 +42,7 @@ HF_PREFIX = "hf:"
 class Document:
     text: str
     invalid_utf8: bool = False  # the source bytes were not valid UTF-8 (replaced with U+FFFD)
+    binary_file: str = ""  # a file found binary past the probe: skipped, its path reported
 
 
 def decode_utf8(raw: bytes) -> Document:
@@ -66,10 +68,19 @@ class TextFiles:
 
     paths: tuple[str, ...]
     nbytes: int
+    named: tuple[str, ...] = ()  # those named by a source themselves: binary is an error
 
     def documents(self) -> Iterator[Document]:
         for path in self.paths:
-            yield decode_utf8(_read_bytes(path))
+            raw = _read_bytes(path)
+            # Planning probes only the head; a NUL further on makes the file binary all the same
+            # (decided per file, so the same whatever the number of workers).
+            if b"\0" in raw:
+                if path in self.named:
+                    raise UserError(f"source {path}: is a binary file (NUL bytes), not text")
+                yield Document("", binary_file=path)
+                continue
+            yield decode_utf8(raw)
 
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -182,6 +193,7 @@ def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int 
             parts.append(_hf_chunks(source, text_field, chunk_bytes))
             continue
         files = _resolve_local(source, skipped)  # (kind, path), kind in text/jsonl/parquet
+        named = _is_named_file(source)
         for _, path in files:  # the same file twice would put its documents in train and val
             first = listed_by.setdefault(os.path.realpath(path), source)
             if first != source:
@@ -192,7 +204,7 @@ def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int 
         for kind, path in files:
             st = os.stat(path)
             manifest.update(f"{kind}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        parts.append(list(_file_chunks(files, text_field, chunk_bytes)))
+        parts.append(list(_file_chunks(files, text_field, chunk_bytes, named)))
     if all(isinstance(p, list) for p in parts):
         chunks = [c for p in parts for c in p]
         return Plan(
@@ -240,6 +252,13 @@ def _resolve_local(source: str, skipped: list[str]) -> list[tuple[str, str]]:
     raise UserError(f"source {source}: no such file or directory")
 
 
+def _is_named_file(source: str) -> bool:
+    """A source that is one file itself (not stdlib, a glob or a directory)."""
+    if source == "stdlib" or any(c in source for c in GLOB_CHARS):
+        return False
+    return not os.path.isdir(os.path.expanduser(source))
+
+
 def _walk(root: str) -> list[str]:
     """Every regular file under ``root``, sorted, skipping hidden files and folders."""
     found = []
@@ -279,21 +298,25 @@ def _read_bytes(path: str, limit: int = -1) -> bytes:
 
 
 def _file_chunks(
-    files: list[tuple[str, str]], text_field: str, chunk_bytes: int
+    files: list[tuple[str, str]], text_field: str, chunk_bytes: int, named: bool = False
 ) -> Iterator[Chunk]:
     batch: list[str] = []
     batch_bytes = 0
+
+    def text_files() -> TextFiles:
+        return TextFiles(tuple(batch), batch_bytes, tuple(batch) if named else ())
+
     for kind, path in files:
         size = os.path.getsize(path)
         if kind == "text":
             if batch and batch_bytes + size > chunk_bytes:
-                yield TextFiles(tuple(batch), batch_bytes)
+                yield text_files()
                 batch, batch_bytes = [], 0
             batch.append(path)
             batch_bytes += size
             continue
         if batch:  # keep document order: flush pending text files before this file's records
-            yield TextFiles(tuple(batch), batch_bytes)
+            yield text_files()
             batch, batch_bytes = [], 0
         if kind == "jsonl":
             for start in range(0, size, chunk_bytes):
@@ -301,17 +324,42 @@ def _file_chunks(
         else:
             yield from _parquet_chunks(path, text_field)
     if batch:
-        yield TextFiles(tuple(batch), batch_bytes)
+        yield text_files()
 
 
 def _parquet_chunks(path: str, text_field: str) -> Iterator[ParquetRowGroup]:
     pq = _import_pyarrow_parquet(path)
     try:
-        meta = pq.ParquetFile(path).metadata
+        parquet = pq.ParquetFile(path)
     except Exception as e:
         raise UserError(f"source {path}: not a readable parquet file ({e})") from None
+    _check_text_column(path, parquet.schema_arrow, text_field)
+    meta = parquet.metadata
     for i in range(meta.num_row_groups):
         yield ParquetRowGroup(path, i, text_field, meta.row_group(i).total_byte_size)
+
+
+def _check_text_column(path: str, schema, text_field: str) -> None:
+    """Up front, in the main process: a column of numbers would fail in the tokenizer, inside
+    a worker, as a traceback."""
+    import pyarrow as pa
+
+    if text_field not in schema.names:
+        raise UserError(f"{path}: has no column {text_field!r}")
+    kind = schema.field(text_field).type
+    if pa.types.is_dictionary(kind):  # dictionary-encoded strings read back as strings
+        kind = kind.value_type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or _is_string_view(kind)):
+        raise UserError(
+            f"{path}: column {text_field!r} holds {schema.field(text_field).type}, not strings: "
+            "set data.text_field to a text column"
+        )
+
+
+def _is_string_view(kind) -> bool:
+    import pyarrow as pa
+
+    return hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind)
 
 
 def _import_pyarrow_parquet(path: str):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +22,7 @@ class ChunkTokens:
     invalid_utf8: int  # documents whose bytes were not valid UTF-8
     lookalikes: int  # documents holding a special token's text (kept as plain text)
     empty: int  # empty documents, skipped
+    binary_files: tuple[str, ...] = ()  # files found binary when read whole, skipped
 
 
 def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
@@ -25,7 +30,11 @@ def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
     parts: list[np.ndarray] = []
     lengths: list[int] = []
     invalid = lookalikes = empty = 0
+    binary: list[str] = []
     for doc in chunk.documents():
+        if doc.binary_file:
+            binary.append(doc.binary_file)
+            continue
         text = doc.text
         if not text:
             empty += 1
@@ -49,6 +58,7 @@ def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
         invalid_utf8=invalid,
         lookalikes=lookalikes,
         empty=empty,
+        binary_files=tuple(binary),
     )
 
 
@@ -57,10 +67,31 @@ def tokenize_chunk(chunk: Chunk, tokenizer: Tokenizer) -> ChunkTokens:
 _worker_tokenizer: Tokenizer | None = None
 
 
-def init_worker(tokenizer: Tokenizer) -> None:
-    """Process-pool initializer: each worker loads the tokenizer once (rebuilt from its spec)."""
+def init_worker(tokenizer: Tokenizer, parent_pid: int | None = None) -> None:
+    """Process-pool initializer: each worker loads the tokenizer once (rebuilt from its spec).
+
+    With ``parent_pid``, the worker dies with its parent, however that ends (``kill -9``
+    included): a worker blocked on the task queue would otherwise wait forever, holding the
+    queue's pipes and the terminal's output open.
+    """
     global _worker_tokenizer
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     _worker_tokenizer = tokenizer
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGKILL to this process when its parent ends (Linux), and exit at
+    once if the parent is already gone (it ended before the request took effect)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def tokenize_in_worker(chunk: Chunk) -> ChunkTokens:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lit_gpt_scratch.data.shards import META
+from lit_gpt_scratch.data.shards import META, refuse_file_as_data_dir
 from lit_gpt_scratch.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ def read_meta(data_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: run prepare on {data_dir} first") from None
+    except NotADirectoryError:
+        refuse_file_as_data_dir(Path(data_dir))
+        raise
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable ({e}); delete {data_dir} and prepare again") from None
 
