@@ -74,6 +74,7 @@ def test_tmpdir_on_another_filesystem_never_writes_through_the_rotation_link(
     assert temporaries(folder) == []
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_save_leaves_a_temporary_that_the_resume_removes(
     tmp_path, tmpdir_elsewhere
 ):
@@ -109,6 +110,7 @@ def test_a_full_checkpoint_disk_names_the_checkpoint_and_leaves_nothing(tmp_path
     assert list(ckpt_dir(tmp_path).iterdir()) == []  # no half file, no temporary
 
 
+@pytest.mark.slow
 def test_a_small_tmpdir_does_not_stop_saves(tmp_path, tmpfs, monkeypatch):
     """Before, every save went through $TMPDIR first: a 64 KB one failed each."""
     monkeypatch.setenv("TMPDIR", str(tmpfs(tmp_path / "small", "64k")))

@@ -136,6 +136,7 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path):
     assert step_of(folder / "last.ckpt") == 8
 
 
+@pytest.mark.slow
 def test_signal_save_rotates_too(tmp_path):
     args = run_args(tmp_path)
     stopped = fit(tmp_path, args, signal_at(tmp_path, 5, "SIGTERM"))

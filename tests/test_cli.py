@@ -22,7 +22,8 @@ from lit_gpt_scratch.tokenizer import load_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def run_command(*args: str) -> subprocess.CompletedProcess:
+    """The command line in a process of its own (the ``cli`` fixture runs it in this one)."""
     return subprocess.run(
         [sys.executable, "-m", "lit_gpt_scratch", *args],
         capture_output=True,
@@ -39,16 +40,16 @@ def one_error_line(stderr: str) -> str:
 
 
 def test_top_level_help_lists_subcommands():
-    result = cli("--help")
+    result = run_command("--help")
     assert result.returncode == 0
     for name in ("prepare", "generate", "import_hf", "export"):
         assert name in result.stdout
-    assert cli().returncode == 2
-    bad = cli("frobnicate")
+    assert run_command().returncode == 2
+    bad = run_command("frobnicate")
     assert bad.returncode == 2 and "unknown subcommand 'frobnicate'" in bad.stderr
 
 
-def test_prepare_help_shows_the_data_options():
+def test_prepare_help_shows_the_data_options(cli):
     result = cli("prepare", "--help")
     assert result.returncode == 0
     for key in ("--data.sources", "--data.tokenizer", "--data.data_dir", "--data.val_fraction"):
@@ -95,14 +96,14 @@ def test_training_config_with_layered_configs_and_overrides(tmp_path, caplog):
         (["--data.tokenizer=gpt9"], r"unknown tokenizer 'gpt9'"),
     ],
 )
-def test_bad_input_is_one_line_and_non_zero(tmp_path, args, message):
+def test_bad_input_is_one_line_and_non_zero(tmp_path, cli, args, message):
     result = cli("prepare", "--data.sources=[stdlib]", f"--data.data_dir={tmp_path / 'o'}", *args)
     assert result.returncode == 1
     assert re.search(message, one_error_line(result.stderr))
     assert not (tmp_path / "o").exists()
 
 
-def test_unknown_key_in_a_config_file_is_named(tmp_path):
+def test_unknown_key_in_a_config_file_is_named(tmp_path, cli):
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  sources: [stdlib]\n  tokenizr: gpt2\n")
     result = cli("prepare", "--config", str(config))
@@ -128,7 +129,7 @@ def test_bad_gpt2_file_hash_through_the_cli(tmp_path, monkeypatch, capsys):
 def test_tiny_config_on_the_stdlib(tmp_path):
     """The quickstart job itself: the embedded corpus, two worker processes."""
     out = tmp_path / "stdlib"
-    result = cli(
+    result = run_command(
         "prepare",
         "--config",
         "configs/tiny.yaml",
@@ -145,5 +146,5 @@ def test_tiny_config_on_the_stdlib(tmp_path):
     want = load_tokenizer("stdlib-4k").encoding.encode_ordinary(first) + [4095]
     train = read_split(out, "train")
     assert np.array_equal(train[: len(want)], want)
-    rerun = cli("prepare", "--config", "configs/tiny.yaml", f"--data.data_dir={out}")
+    rerun = run_command("prepare", "--config", "configs/tiny.yaml", f"--data.data_dir={out}")
     assert rerun.returncode == 0 and "nothing to do" in rerun.stderr

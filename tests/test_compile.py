@@ -49,7 +49,9 @@ def dynamo_counters():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("dynamic", ["false", "true"], ids=["static", "dynamic"])
+@pytest.mark.parametrize(
+    "dynamic", ["false", pytest.param("true", marks=pytest.mark.slow)], ids=["static", "dynamic"]
+)
 @pytest.mark.parametrize(
     "layout", ["gpt2", *(pytest.param(x, marks=pytest.mark.slow) for x in ("llama", "modern"))]
 )

@@ -110,6 +110,7 @@ def test_accumulation_all_reduces_only_on_the_last_micro_batch(single):
         assert record["bucket_view"] is True
 
 
+@pytest.mark.slow
 def test_an_error_on_one_rank_is_one_line_on_each(single, tmp_path):
     """Rank 0 refuses a data directory made from other sources (in prepare_data, which rank 1
     waits out): its line names the problem, rank 1's says it stopped, no traceback."""

@@ -86,6 +86,7 @@ def test_fsdp_trains_as_one_process_saves_shards_resumes_and_consolidates(single
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
 
 
+@pytest.mark.slow
 def test_fsdp_ranks_decide_together_on_what_one_rank_sees(single):
     """Rank 1 alone gets a NaN in its shard of a gradient at step 0, and in its shard of a
     weight at the end of step 1, before the checkpoint saved after it. Both ranks skip step

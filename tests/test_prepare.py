@@ -285,6 +285,7 @@ def test_sigkill_of_the_process_group_then_rerun_is_byte_identical(tmp_path):
         assert dir_bytes(out) == reference
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_rerun_continues(tmp_path):
     src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
     subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
@@ -330,10 +331,11 @@ queue.Queue.put = put
     ("times", "last_line"),
     [
         (1, "interrupted: run the same command again to continue"),
-        (
+        pytest.param(
             2,
             "error: stopped at once by a second Ctrl-C: run the same command again to continue "
             "from the last checkpoint",
+            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -430,6 +432,7 @@ def test_a_worker_asks_for_sigkill_at_its_parents_death_and_exits_if_it_is_gone(
     assert (gone.returncode, gone.stdout, gone.stderr) == (1, "", "")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_with_no_worker_left_and_the_rerun_continues(tmp_path):
     src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
     subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
@@ -466,6 +469,7 @@ SLOWER_SCRIPT = PREPARE_SCRIPT.replace(
 )
 
 
+@pytest.mark.slow
 def test_two_prepares_into_one_data_dir_one_refuses_the_other_is_whole(tmp_path, monkeypatch):
     from lit_gpt_scratch.data import sources
     from lit_gpt_scratch.data.datamodule import TokenDataModule  # before the clock runs
