@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lit_gpt_scratch.errors import StoppedNow, Terminated, UserError
+from lit_gpt_scratch.errors import Interrupted, StoppedNow, Terminated, UserError
 
 # OSErrors of the machine, not of the code: no space, no permission, a read-only filesystem.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         # stays behind (checkpoints and shards are written to temporary names, then renamed).
         print(f"error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("interrupted: run the same command again to continue", file=sys.stderr)
         return 130
     except Terminated:

@@ -24,6 +24,11 @@ class Terminated(BaseException):
     128 + SIGTERM): like a KeyboardInterrupt, not an error of the input."""
 
 
+class Interrupted(BaseException):
+    """A Ctrl-C that stopped cleanly inside ``fit`` (its ``prepare_data``): raised in place of
+    the KeyboardInterrupt, which Lightning turns into exit code 1, the bad-input code."""
+
+
 class StoppedNow(BaseException):
     """A second Ctrl-C during training: stop at once, without saving (exit code 130). Not a
     KeyboardInterrupt, which Lightning turns into exit code 1 with no word of why."""

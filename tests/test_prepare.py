@@ -255,10 +255,10 @@ def prepare_command(src: Path, out: Path, script: str = PREPARE_SCRIPT) -> list[
 
 
 def start_and_wait_for_chunk(
-    cmd: list[str], out: Path, chunk: int, stderr=subprocess.PIPE
+    cmd: list[str], out: Path, chunk: int, stderr=subprocess.PIPE, cwd=None
 ) -> subprocess.Popen:
     """Start ``cmd`` in its own process group; return once its checkpoint passed ``chunk``."""
-    proc = subprocess.Popen(cmd, start_new_session=True, stderr=stderr, text=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=stderr, text=True, cwd=cwd)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -599,6 +599,27 @@ def test_out_of_space_on_a_resumed_prepare_goes_back_to_its_checkpoint(
     (disk / "filler").unlink()
     run(src, out, shard_tokens=4096)
     assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_fits_prepare_is_exit_130_with_the_progress_kept(tmp_path):
+    """Lightning turned the KeyboardInterrupt of fit's prepare_data into exit code 1 (the
+    bad-input code) with a line of its own."""
+    src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
+    out = tmp_path / "out"
+    config = Path(__file__).resolve().parents[1] / "configs/tiny.yaml"
+    cmd = prepare_command(src, out)
+    at = cmd.index("prepare")
+    cmd[at : at + 1] = ["fit", f"--config={config}"]  # the config first: the options win
+    cmd.remove("--progress=false")
+    proc = start_and_wait_for_chunk(cmd, out, 10, cwd=tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted: run the same command again to continue"
+    assert "Traceback" not in stderr
+    assert (out / STATE).exists() and not (out / META).exists()
+    assert not (tmp_path / "checkpoints").exists()  # the run had not begun: no run folder
 
 
 # --- bad input: a one-line error naming the problem, and nothing written -------------------------

@@ -37,7 +37,7 @@ from lit_gpt_scratch.data.tokens import (
     WindowSampler,
     read_meta,
 )
-from lit_gpt_scratch.errors import UserError, check_at_least
+from lit_gpt_scratch.errors import Interrupted, UserError, check_at_least
 from lit_gpt_scratch.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,10 @@ class TokenDataModule(L.LightningDataModule):
         the source files), so we always call it: a config naming another tokenizer or corpus
         than ``data_dir`` holds is refused instead of silently training on the wrong data.
         """
-        prepare_from_config({**self.hparams, "sources": self.sources})
+        try:
+            prepare_from_config({**self.hparams, "sources": self.sources})
+        except KeyboardInterrupt:  # stopped cleanly, resumable: not Lightning's exit code 1
+            raise Interrupted from None
 
     def setup(self, stage: str | None = None) -> None:
         """Open the streams and check the data against the tokenizer and the attached model."""
