@@ -63,6 +63,10 @@ def generate(
         tokenizer: Tokenizer spec; by default the one recorded in the checkpoint.
         use_cache: Reuse keys and values of earlier tokens (the same tokens, faster).
     """
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell's locale could not decode
+        raise UserError("--prompt is not valid UTF-8 text") from None
     check_at_least("--num_samples", num_samples, 1)
     check_at_least("--max_new_tokens", max_new_tokens, 1)
     check_at_least("--temperature", temperature, 0)
@@ -135,7 +139,10 @@ def export(ckpt_path: str, out_dir: str) -> None:
         raise UserError(f"--out_dir {out_dir} exists and is not empty")
     loaded = load_gpt(ckpt_path)
     hf = hf_from_gpt(loaded.gpt)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"--out_dir {out_dir}: a folder above it is a file") from None
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         hf.save_pretrained(staging)

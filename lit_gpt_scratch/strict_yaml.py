@@ -8,9 +8,14 @@ values alike) refuse it, naming the key and both lines.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import yaml
 from jsonargparse import set_loader
 from jsonargparse._loaders_dumpers import get_yaml_default_loader, yaml_load
+
+from lit_gpt_scratch.errors import UserError
 
 
 class DuplicateKey(yaml.YAMLError):
@@ -49,3 +54,23 @@ def strict_yaml_load(stream, path=None):
 
 def use_strict_yaml() -> None:
     set_loader("yaml", strict_yaml_load, exceptions=(yaml.YAMLError,))
+
+
+def check_config_files_are_text(args: list[str]) -> None:
+    """A ``--config`` file that is not UTF-8 text, named in one line (jsonargparse's read of
+    it ends in a UnicodeDecodeError traceback)."""
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.removeprefix("--config=")
+        else:
+            continue
+        if not os.path.isfile(path):
+            continue  # jsonargparse names a missing one
+        try:
+            Path(path).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"config {path} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8"
+            ) from None

@@ -269,6 +269,18 @@ def test_a_run_name_that_climbs_out_of_the_runs_folder_is_refused(tmp_path, cli,
     assert not (tmp_path / "outside").exists()
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "prepare", "generate"])
+def test_a_config_that_is_not_utf8_text_is_named(tmp_path, cli, subcommand):
+    """Before: jsonargparse's UnicodeDecodeError, 74 lines of traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"trainer:\n  max_steps: \xff\xfe\n")
+    result = cli(subcommand, "--config", str(bad))
+    assert result.returncode == 1
+    assert last_line(result) == (
+        f"error: config {bad} is not UTF-8 text (byte 22: invalid start byte): save it as UTF-8"
+    )
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "prepare"])
 def test_a_key_written_twice_in_a_config_is_refused_naming_both_lines(
     tmp_path, cli, args, subcommand

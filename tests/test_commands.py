@@ -145,6 +145,18 @@ def test_export_names_the_blocking_component(tmp_path, cli):
     assert not (tmp_path / "o").exists()
 
 
+def test_export_below_a_file_is_one_line(tmp_path, cli):
+    """Before: a FileExistsError traceback from the folder's mkdir."""
+    spec = tiny_spec()
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    (tmp_path / "x").write_text("mine")
+    out = tmp_path / "x" / "y"
+    result = cli("export", f"--ckpt_path={tmp_path / 'm.ckpt'}", f"--out_dir={out}")
+    assert result.returncode == 1
+    assert one_error_line(result) == f"error: --out_dir {out}: a folder above it is a file"
+    assert (tmp_path / "x").read_text() == "mine"
+
+
 def test_save_gpt_never_overwrites(tmp_path):
     spec = tiny_spec()
     save_gpt(tmp_path / "a.ckpt", build_gpt(spec), spec)
@@ -161,6 +173,8 @@ def test_save_gpt_never_overwrites(tmp_path):
         ("--max_new_tokens=-1", "--max_new_tokens must be at least 1, got -1"),
         ("--device=mps", "--device 'mps': only cpu and cuda are supported"),
         ("--device=gpu0", "--device 'gpu0' is not a device: cpu, cuda, cuda:N or auto"),
+        # bytes the shell's locale cannot decode reach Python as lone surrogates
+        ("--prompt=\udcff\udcfe", "--prompt is not valid UTF-8 text"),
     ],
 )
 def test_generate_refuses_bad_sampling_options_in_one_line(tmp_path, cli, option, line):

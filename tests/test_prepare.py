@@ -655,6 +655,19 @@ def test_bad_record_mid_run_removes_partial_output(tmp_path, workers):
     assert not (tmp_path / "out").exists()
 
 
+def test_data_dir_inside_a_source_folder_is_refused(corpus, tmp_path):
+    """Before: the first prepare worked, every later one (and every fit) found the sources
+    changed, its own shards and meta.json now among them."""
+    out = corpus / "data"
+    with pytest.raises(UserError) as e:
+        run(corpus, out)
+    assert str(e.value) == (
+        f"data_dir {out} is inside source folder {corpus}: its token files would be read as "
+        "documents; choose a data_dir outside the sources"
+    )
+    assert not out.exists()
+
+
 def test_directory_with_foreign_files_is_refused(corpus, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")

@@ -49,7 +49,12 @@ from lit_gpt_scratch.data.shards import (
     naming,
     refuse_file_as_data_dir,
 )
-from lit_gpt_scratch.data.sources import HF_PREFIX, Chunk, plan_sources
+from lit_gpt_scratch.data.sources import (
+    HF_PREFIX,
+    Chunk,
+    plan_sources,
+    refuse_data_dir_in_sources,
+)
 from lit_gpt_scratch.data.stopping import sigint_ignored, stop_requests
 from lit_gpt_scratch.data.tokenize import (
     ChunkTokens,
@@ -97,6 +102,7 @@ def prepare(
         progress: Show a progress bar (MB/s and tokens) on stderr.
     """
     _check_options(val_fraction, block_size, shard_tokens, prepare_workers)
+    refuse_data_dir_in_sources(Path(data_dir), sources)
     tok = load_tokenizer(tokenizer)
     plan = plan_sources(sources, text_field)
     if plan.total_bytes == 0:

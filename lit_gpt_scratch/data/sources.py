@@ -175,6 +175,19 @@ class Plan:
     skipped_binary: list[str] = field(default_factory=list)
 
 
+def refuse_data_dir_in_sources(data_dir: Path, sources: list[str]) -> None:
+    """A data_dir inside a source folder: its own shards and meta.json would be read as
+    documents by the next prepare (which then finds the sources changed)."""
+    for source in sources:
+        if source.startswith(HF_PREFIX) or not os.path.isdir(source):
+            continue
+        if Path(data_dir).resolve().is_relative_to(Path(source).resolve()):
+            raise UserError(
+                f"data_dir {data_dir} is inside source folder {source}: its token files would "
+                "be read as documents; choose a data_dir outside the sources"
+            )
+
+
 def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int = 0) -> Plan:
     """List every source's documents as chunks, checking paths up front (UserError if bad)."""
     chunk_bytes = chunk_bytes or CHUNK_BYTES
