@@ -43,12 +43,11 @@ def check_at_least(key: str, value, minimum) -> None:
         raise UserError(f"{key} must be at least {minimum}, got {value}")
 
 
-def check_in(key: str, value, low, high, high_included: bool = False) -> None:
-    """A ``UserError`` naming ``key`` unless ``low <= value < high`` (or ``<= high``)."""
+def check_in(key: str, value, low, high) -> None:
+    """A ``UserError`` naming ``key`` unless ``low <= value < high``."""
     _check_finite(key, value)
-    if not (low <= value < high or (high_included and value == high)):
-        interval = f"[{low}, {high}{']' if high_included else ')'}"
-        raise UserError(f"{key} must be in {interval}, got {value}")
+    if not low <= value < high:
+        raise UserError(f"{key} must be in [{low}, {high}), got {value}")
 
 
 def check_above(key: str, value, minimum) -> None:
