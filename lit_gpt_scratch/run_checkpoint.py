@@ -52,11 +52,16 @@ class RunCheckpoint(ModelCheckpoint):
         finally:
             self._validation_next = False
 
-    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
-        if self._validation_next:  # after it, with its metrics (on_validation_end)
+    def _deferred_to_validation(self) -> bool:
+        """Within a validated step's batch end: the save waits for on_validation_end, where
+        Lightning makes the deferred saves with the step's own metrics."""
+        if self._validation_next:
             self._defer_save_until_validation = True
-            return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        return self._validation_next
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        if not self._deferred_to_validation():
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._check_monitor(trainer)
@@ -106,8 +111,7 @@ class RunCheckpoint(ModelCheckpoint):
         # not this one's (the run folder moved), and a top-k file saved before the first
         # last.ckpt holds none. The rotation keeps its names exact: the newest is always
         # last.ckpt, and --ckpt_path last finds it.
-        if self._validation_next:
-            self._defer_save_until_validation = True
+        if self._deferred_to_validation():
             return
         if self.save_last:
             self.last_model_path = str(self.last_path)
