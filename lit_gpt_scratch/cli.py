@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -209,6 +211,19 @@ def one_line(message: str) -> str:
     return message
 
 
+def exit_with(code: int) -> None:
+    """End the process with a command's exit code, which a late signal (a second SIGTERM
+    from a scheduler) cannot replace while the interpreter shuts down."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, _say_ignored_while_exiting)
+    sys.exit(code)
+
+
+def _say_ignored_while_exiting(signum, frame) -> None:
+    # os.write, not logging: the interpreter may be shutting logging down
+    os.write(2, f"{signal.Signals(signum).name} received: ignored, exiting\n".encode())
+
+
 def entry() -> None:
     """Console script ``lit-gpt-scratch``."""
-    sys.exit(main())
+    exit_with(main())

@@ -42,7 +42,7 @@ from lit_gpt_scratch.host_memory import keep_freed_memory
 from lit_gpt_scratch.lit_module import LitGPT
 from lit_gpt_scratch.locks import FolderLock
 from lit_gpt_scratch.model.build import first_difference
-from lit_gpt_scratch.preemption import StopOnSignal
+from lit_gpt_scratch.preemption import StopOnSignal, handlers_kept_until_done
 from lit_gpt_scratch.resume_checks import NothingToTrain, check_resume
 from lit_gpt_scratch.run_checkpoint import RunCheckpoint
 from lit_gpt_scratch.runs import (
@@ -414,7 +414,8 @@ def run(args: list[str]) -> int:
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     started = False
     try:
-        cli = _run_cli()
+        with handlers_kept_until_done():
+            cli = _run_cli()
         started = True
     except NothingToTrain as e:  # a finished run resumed again (a requeue): done, say so
         rank_zero_only(print)(e, file=sys.stderr)

@@ -4,13 +4,16 @@ signal's number, so ``--ckpt_path last`` continues exactly there.
 SIGTERM (``kill``, Kubernetes, SLURM at the time limit), SIGUSR1 (SLURM's ``--signal``
 warning before preemption) and SIGINT (Ctrl-C) are caught while ``fit`` runs. The handler only
 records the signal; the save happens at the end of the optimizer step in progress, once every
-rank has heard of it. A second Ctrl-C stops at once, without saving.
+rank has heard of it. A second Ctrl-C stops at once, without saving. Signals that come once
+training has ended, until the process exits, are said and ignored: the run is saved, and a
+default action would only replace its exit code.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -50,16 +53,19 @@ class StopOnSignal(L.Callback):
         self._seen_step = 0  # the optimizer step count at the last batch end
         self.received: int | None = None  # the signal that arrived first
         self.stopped_by: int | None = None  # the signal training stopped for, once saved
+        self._training = False
         self._previous: dict[int, object] = {}
 
     # --- handlers ---------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._training = True
         self._seen_step = trainer.global_step  # a resumed run starts past 0
         if signal.SIGTERM in self.signals and trainer.world_size > 1:
             _skip_lightnings_sigterm_broadcast(trainer)
         # Installed here, after the Trainer has registered its own SIGTERM handler (which
         # would raise and end fit without a save at this step): ours replace it for the run.
+        _installed.append(self)
         for signum in self.signals:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -70,20 +76,30 @@ class StopOnSignal(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore_handlers()
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if not _kept_by_command:  # Lightning's last hook; it still flushes the loggers after
+            self._restore_handlers()
+
     def _restore_handlers(self) -> None:
+        if self in _installed:
+            _installed.remove(self)
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
+        if not self._training:  # training has ended: nothing is left to save or to stop
+            _say_ignored(signum, "training has ended")
+        elif self.received is not None and signum == signal.SIGINT:
             raise StoppedNow  # a second Ctrl-C: stop now
-        if self.received is None:
+        elif self.received is None:
             self.received = signum
             log.warning(
                 "%s received: saving a checkpoint at the end of this step, then stopping",
                 signal.Signals(signum).name,
             )
+        else:
+            _say_ignored(signum, f"already stopping for {signal.Signals(self.received).name}")
 
     # --- save and stop ----------------------------------------------------------------------
 
@@ -108,7 +124,7 @@ class StopOnSignal(L.Callback):
         trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_handlers()
+        self._training = False
         if self.stopped_by is not None and trainer.is_global_zero:
             log.warning(
                 "saved %s at step %d; stopping (exit code %d). Resume with --ckpt_path last",
@@ -132,6 +148,28 @@ class StopOnSignal(L.Callback):
         # The largest signal number any rank received (0: none), the same on every rank.
         mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
         return int(all_reduce(mine, "max")) or None
+
+
+_installed: list[StopOnSignal] = []  # those whose handlers are in place
+_kept_by_command = False
+
+
+@contextmanager
+def handlers_kept_until_done():
+    """While a command runs fit: the handlers stay past Lightning's teardown (its loggers'
+    final flush comes after) until the command returns, not only until training ends."""
+    global _kept_by_command
+    _kept_by_command = True
+    try:
+        yield
+    finally:
+        _kept_by_command = False
+        while _installed:
+            _installed[-1]._restore_handlers()
+
+
+def _say_ignored(signum: int, why: str) -> None:
+    log.warning("%s received: ignored, %s", signal.Signals(signum).name, why)
 
 
 def _skip_lightnings_sigterm_broadcast(trainer) -> None:

@@ -71,6 +71,17 @@ class RunCheckpoint(ModelCheckpoint):
             if self._step_of_last != trainer.global_step:
                 self.save_last_now(trainer)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._step_of_last = trainer.global_step  # what a resumed run's checkpoint holds
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The last step's weights as ``last.ckpt`` when training ends between two scheduled
+        saves (``max_steps`` 10 with saves every 4: the run ended with step 8's)."""
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and self._step_of_last != trainer.global_step:
+            self.save_last_now(trainer)
+
     def on_fit_start(self, trainer, pl_module) -> None:
         """A ``checkpoint.monitor`` of validation that the module does not log (a typo such as
         ``val/los``), refused before training rather than at the first save it blocks."""

@@ -4,6 +4,7 @@ Importable by class_path with tests/ on PYTHONPATH."""
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import signal
@@ -18,15 +19,29 @@ class SignalAtStep(L.Callback):
     ModelCheckpoint (Lightning runs it last) could save it; ``"start"`` at the next batch's
     start, after; ``"validation"`` as that step's validation starts. ``batch``: at that
     batch index instead (under gradient accumulation, a micro-batch inside an optimizer
-    step). ``times``: send it that many times in a row (a double Ctrl-C)."""
+    step). ``times``: send it that many times in a row (a double Ctrl-C). ``later``: another
+    signal, sent ``later_at`` ``"train_end"`` (as training ends) or ``"exit"`` (as the
+    interpreter exits), 0.3 s before the process would end."""
 
     def __init__(
         self, step: int = -1, signal: str = "SIGKILL", when: str = "end", batch: int = -1,
-        times: int = 1,
+        times: int = 1, later: str = "", later_at: str = "exit",
     ):  # fmt: skip
         self.step, self.when, self.batch, self.times = step, when, batch, times
         self.signum = int(getattr(signal_module, signal))
         self.sent = False
+        self.later = int(getattr(signal_module, later)) if later else None
+        self.later_at = later_at
+        if self.later and later_at == "exit":
+            atexit.register(self._send_later)
+
+    def _send_later(self) -> None:
+        os.kill(os.getpid(), self.later)
+        time.sleep(0.3)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.later and self.later_at == "train_end":
+            self._send_later()
 
     def _maybe_send(self, trainer, when: str, batch_idx: int) -> None:
         at = batch_idx == self.batch if self.batch >= 0 else trainer.global_step == self.step

@@ -34,11 +34,13 @@ def fit(cwd: Path, args: list[str], *extra: str) -> subprocess.CompletedProcess:
 
 
 def signal_at(
-    tmp_path: Path, step: int, name: str, when: str = "end", batch: int = -1, times: int = 1
-) -> str:
+    tmp_path: Path, step: int, name: str, when: str = "end", batch: int = -1, times: int = 1,
+    **more: str,
+) -> str:  # fmt: skip
     """A --config option adding tests/kill_switch.SignalAtStep to the run's callbacks."""
-    config = tmp_path / f"{name}-{step}-{batch}-{times}.yaml"
+    config = tmp_path / f"{name}-{step}-{batch}-{times}-{'-'.join(more.values())}.yaml"
     options = f"step: {step}, signal: {name}, when: {when}, batch: {batch}, times: {times}"
+    options += "".join(f", {key}: {value}" for key, value in more.items())
     config.write_text(
         "trainer:\n  callbacks:\n    - class_path: kill_switch.SignalAtStep\n"
         f"      init_args: {{{options}}}\n"
@@ -98,14 +100,31 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
 
 
 @pytest.fixture(scope="module")
-def ten_steps(corpus, tmp_path_factory):
-    """Arguments of a 10-step run, and the per-step losses of that run never stopped."""
+def ten_steps_run(corpus, tmp_path_factory):
+    """A 10-step run never stopped, saving every 4 steps: its arguments and run folder."""
     root = tmp_path_factory.mktemp("ten")
     overrides = {"trainer.max_steps": "10", "checkpoint.every_n_train_steps": "4"}
     args = small_run_args(corpus, root / "data", **overrides)
     whole = fit(root / "whole", args)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    return args, losses(root / "whole/checkpoints/tiny/version_0")
+    return args, root / "whole/checkpoints/tiny/version_0"
+
+
+@pytest.fixture(scope="module")
+def ten_steps(ten_steps_run):
+    """Arguments of a 10-step run, and the per-step losses of that run never stopped."""
+    args, run = ten_steps_run
+    return args, losses(run)
+
+
+def test_a_run_that_ends_between_two_saves_keeps_its_last_step(ten_steps_run):
+    """Saves every 4 steps and max_steps 10: last.ckpt held step 8, and the last two steps
+    of training were in no file."""
+    _, run = ten_steps_run
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 10
+    before = torch.load(run / "checkpoints/last-1.ckpt", map_location="cpu", weights_only=True)
+    assert before["global_step"] == 8
 
 
 # tests/test_run_curves.py stops with SIGTERM in the default suite
@@ -177,3 +196,24 @@ def test_rng_states_round_trip():
     set_rng_states(saved)
     got = (random.random(), np.random.rand(), torch.rand(3))
     assert want[:2] == got[:2] and torch.equal(want[2], got[2])
+
+
+@pytest.mark.parametrize(
+    ("first", "later_at"),
+    [("SIGINT", "exit"), pytest.param("SIGINT", "train_end", marks=pytest.mark.slow),
+     pytest.param("", "exit", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_a_signal_after_the_stop_or_the_end_does_not_change_the_exit_code(
+    tmp_path, ten_steps, first, later_at
+):
+    """A SIGUSR1 0.3 s after the Ctrl-C's save, as the process ended, took its default
+    action: the saved run exited 138 instead of 130 (and a finished one 138 instead of 0)."""
+    args, _ = ten_steps
+    step = 6 if first else 99  # no first signal: the run ends at step 10
+    switch = signal_at(tmp_path, step, first or "SIGINT", later="SIGUSR1", later_at=later_at)
+    stopped = fit(tmp_path / "run", args, switch)
+    assert stopped.returncode == (130 if first else 0), stopped.stderr[-3000:]
+    assert "SIGUSR1 received: ignored" in stopped.stderr
+    run = tmp_path / "run/checkpoints/tiny/version_0"
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == (6 if first else 10)
