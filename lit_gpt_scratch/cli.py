@@ -157,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        from lit_gpt_scratch.strict_yaml import check_config_files_are_text, use_strict_yaml
+        from lit_gpt_scratch.strict_yaml import check_config_files, use_strict_yaml
 
         use_strict_yaml()
-        check_config_files_are_text(rest)
+        check_config_files(rest)
         return SUBCOMMANDS[name][1](rest)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)

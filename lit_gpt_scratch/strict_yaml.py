@@ -56,9 +56,10 @@ def use_strict_yaml() -> None:
     set_loader("yaml", strict_yaml_load, exceptions=(yaml.YAMLError,))
 
 
-def check_config_files_are_text(args: list[str]) -> None:
-    """A ``--config`` file that is not UTF-8 text, named in one line (jsonargparse's read of
-    it ends in a UnicodeDecodeError traceback)."""
+def check_config_files(args: list[str]) -> None:
+    """Each ``--config`` file is UTF-8 text holding a mapping of sections, or one line says
+    which is not (jsonargparse ends the first in a UnicodeDecodeError traceback and reports
+    the second as "Unexpected config", naming neither the file nor the problem)."""
     for i, arg in enumerate(args):
         if arg == "--config" and i + 1 < len(args):
             path = args[i + 1]
@@ -69,8 +70,24 @@ def check_config_files_are_text(args: list[str]) -> None:
         if not os.path.isfile(path):
             continue  # jsonargparse names a missing one
         try:
-            Path(path).read_bytes().decode("utf-8")
+            text = Path(path).read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
             raise UserError(
                 f"config {path} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8"
             ) from None
+        try:
+            document = yaml.load(text, Loader=_NoDuplicateKeys)
+        except DuplicateKey:
+            continue  # strict_yaml_load names it with the file
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"config {path} is not valid YAML: {problem}{where}") from None
+        if document is None:
+            raise UserError(f"config {path} is empty: give it sections such as trainer: or data:")
+        if not isinstance(document, dict):
+            raise UserError(
+                f"config {path} holds a {type(document).__name__}, not a mapping of sections "
+                "(trainer:, model:, data: ...)"
+            )

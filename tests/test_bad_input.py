@@ -281,6 +281,28 @@ def test_a_config_that_is_not_utf8_text_is_named(tmp_path, cli, subcommand):
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "is empty: give it sections such as trainer: or data:"),
+        ("# only a comment\n", "is empty: give it sections such as trainer: or data:"),
+        ("- trainer\n- data\n", "holds a list, not a mapping of sections (trainer:, model:, data: ...)"),
+        ("data:\n\tbatch_size: 2\n", "is not valid YAML: found character that cannot start any token at line 2, column 1"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("subcommand", ["fit", "prepare", "generate"])
+def test_a_config_that_is_not_a_mapping_of_sections_is_named(
+    tmp_path, cli, subcommand, text, problem
+):
+    """Before: "Unexpected config: (see --help)" for an empty file, naming neither the file nor
+    the problem, and a parse error at a line of "<unicode string>"."""
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    result = cli(subcommand, "--config", str(config))
+    assert result.returncode == 1
+    assert last_line(result) == f"error: config {config} {problem}"
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "prepare"])
 def test_a_key_written_twice_in_a_config_is_refused_naming_both_lines(
     tmp_path, cli, args, subcommand
