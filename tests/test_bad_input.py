@@ -286,8 +286,10 @@ def test_a_config_that_is_not_utf8_text_is_named(tmp_path, cli, subcommand):
     [
         ("", "is empty: give it sections such as trainer: or data:"),
         ("# only a comment\n", "is empty: give it sections such as trainer: or data:"),
-        ("- trainer\n- data\n", "holds a list, not a mapping of sections (trainer:, model:, data: ...)"),
-        ("data:\n\tbatch_size: 2\n", "is not valid YAML: found character that cannot start any token at line 2, column 1"),
+        ("- trainer\n- data\n",
+         "holds a list, not a mapping of sections (trainer:, model:, data: ...)"),
+        ("data:\n\tbatch_size: 2\n",
+         "is not valid YAML: found character that cannot start any token at line 2, column 1"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("subcommand", ["fit", "prepare", "generate"])

@@ -259,6 +259,27 @@ def test_the_same_global_batch_resumes_exactly_on_another_layout(world_size, bat
     assert sorted(seen + rest) == sorted(whole_epoch)
 
 
+def test_another_global_batch_that_splits_the_consumed_windows_continues_and_says_so(caplog):
+    """1 x 4, 4 batches consumed = 16 windows: whole batches of 8, and both layouts' epochs
+    hold 112 of the 113 slots, so batch 8 continues at the next window. It did so without a
+    word, while a step count that did not split was refused."""
+    old = WindowSampler(1025, 9, 4, seed=3)
+    seen = [s for batch in take(iter(old), 4) for s in batch]
+    old.mark_consumed(4)
+    new = WindowSampler(1025, 9, 8, seed=3)
+    with caplog.at_level(logging.INFO):
+        new.load_state_dict(old.state_dict())
+    assert (
+        "resuming with 8 windows a step (world_size 1 x batch_size 8), not the checkpoint's 4: "
+        "the data continues exactly, at window 16 of epoch 0"
+    ) in caplog.text
+    assert not set(seen) & {s for batch in take(iter(new), 10) for s in batch}
+    odd = WindowSampler(1025, 9, 4, seed=3)
+    odd.mark_consumed(5)  # 20 windows: not whole batches of 8
+    with pytest.raises(UserError, match="cannot continue at the same window"):
+        WindowSampler(1025, 9, 8, seed=3).load_state_dict(odd.state_dict())
+
+
 def test_approximate_resume_continues_at_the_same_share_of_the_epoch(caplog):
     """24 windows consumed by 2 x 4 are 4.8 batches of 1 x 5: continue at batch 4."""
     old = WindowSampler(1000, 9, 4, seed=3, rank=0, world_size=2)

@@ -265,6 +265,13 @@ class WindowSampler(Sampler[list[int]]):
         )
         if saved == (self.world_size, self.batch_size) or (windows % per_step == 0 and same_epochs):
             consumed = windows // per_step
+            if per_step != saved_per_step and self.rank == 0:
+                log.info(
+                    "resuming with %d windows a step (world_size %d x batch_size %d), not the "
+                    "checkpoint's %d: the data continues exactly, at window %d of epoch %d",
+                    per_step, self.world_size, self.batch_size, saved_per_step, windows,
+                    state["epoch"],
+                )  # fmt: skip
         elif self.allow_approximate_resume:
             consumed = windows // per_step
             log.warning(
