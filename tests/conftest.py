@@ -20,7 +20,7 @@ import lit_gpt_scratch.data.sources as sources_module
 def cli(capsys, tmp_path, monkeypatch):
     """Run the command line in this process, in tmp_path (runs land in tmp_path/checkpoints,
     the configs' relative save_dir): (exit code, stdout, stderr) as a CompletedProcess."""
-    from lit_gpt_scratch.cli import main
+    from lit_gpt_scratch.cli.main import main
 
     monkeypatch.chdir(tmp_path)
 
@@ -161,8 +161,8 @@ def data_position(ckpt: dict) -> dict:
 
 def save_weights_only(path: Path, d_model: int = 32, block_size: int = 32) -> Path:
     """A weights-only checkpoint (as import_hf writes) of a 1-layer GPT on the stdlib-4k ids."""
-    from lit_gpt_scratch.checkpoint import save_gpt
     from lit_gpt_scratch.model.build import build_gpt
+    from lit_gpt_scratch.train.checkpoint_files import save_gpt
 
     spec = {
         "class_path": "lit_gpt_scratch.model.gpt.GPT",

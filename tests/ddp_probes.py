@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from lit_gpt_scratch.distributed import unwrapped_name
+from lit_gpt_scratch.train.distributed import unwrapped_name
 
 
 def write_rank_file(out: str, trainer, record) -> None:

@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from lit_gpt_scratch import optim
-from lit_gpt_scratch.optim import Muon
+from lit_gpt_scratch.train import optimizers as optim
+from lit_gpt_scratch.train.optimizers import Muon
 
 # three stacks: an odd one (padded on 2 ranks), one of a single matrix (one rank's share is
 # all padding), and a tall one

@@ -226,7 +226,7 @@ def test_bad_callback_options_are_one_line(tmp_path, cli, args, arg, message):
         ),
         (
             [
-                "--model.optimizer=lit_gpt_scratch.optim.Muon",
+                "--model.optimizer=lit_gpt_scratch.train.optimizers.Muon",
                 "--model.optimizer.init_args.ns_steps=-1",
             ],
             "model.optimizer.init_args.ns_steps must be at least 1, got -1",

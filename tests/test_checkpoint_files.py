@@ -217,7 +217,7 @@ def test_every_strategy_saves_through_the_atomic_writer(strategy, tmp_path):
     import lightning as L
     from cpu_fsdp import CPUFSDPStrategy
 
-    from lit_gpt_scratch.checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
+    from lit_gpt_scratch.train.checkpoint_io import AtomicCheckpointIO, install_atomic_checkpoint_io
 
     chosen = {"auto": "auto", "ddp": "ddp", "fsdp": CPUFSDPStrategy()}[strategy]
     trainer = L.Trainer(accelerator="cpu", devices=1 if strategy == "auto" else 2,
@@ -227,7 +227,7 @@ def test_every_strategy_saves_through_the_atomic_writer(strategy, tmp_path):
 
 
 def test_the_atomic_writer_never_writes_through_a_link(tmp_path):
-    from lit_gpt_scratch.checkpoint_io import atomic_torch_save
+    from lit_gpt_scratch.train.checkpoint_io import atomic_torch_save
 
     atomic_torch_save({"step": 1}, tmp_path / "last.ckpt")
     os.link(tmp_path / "last.ckpt", tmp_path / "last-1.ckpt")

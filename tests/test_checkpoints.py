@@ -161,8 +161,8 @@ def test_checkpoints_move_between_fp32_and_bf16_runs(tmp_path, cli):
 
 
 def test_a_compiled_model_saves_plain_keys():
-    from lit_gpt_scratch.lit_module import LitGPT
     from lit_gpt_scratch.model.gpt import GPT
+    from lit_gpt_scratch.train.module import LitGPT
 
     module = LitGPT(GPT(vocab_size=64, block_size=8, n_layer=1, n_head=2, d_model=16), compile=True)
     module.configure_model()

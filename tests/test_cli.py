@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import LOREM, read_split, write_text_corpus
 
-from lit_gpt_scratch import tokenizer as tok_module
-from lit_gpt_scratch.cli import main
+from lit_gpt_scratch.cli.main import main
 from lit_gpt_scratch.data.sources import stdlib_files
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer import encodings as tok_module
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ import subprocess
 import pytest
 import torch
 
-from lit_gpt_scratch.checkpoint import load_gpt, save_gpt
-from lit_gpt_scratch.cli import main
+from lit_gpt_scratch.cli.main import main
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.build import build_gpt
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
+from lit_gpt_scratch.train.checkpoint_files import load_gpt, save_gpt
 
 transformers = pytest.importorskip("transformers")
 GPT2 = load_tokenizer("gpt2")
@@ -200,7 +200,7 @@ def test_text_generation_never_samples_an_id_the_tokenizer_lacks():
     """A 4,096-id model with the 257-id bytes tokenizer (a legal config): its head favours
     id 4000, which the tokenizer cannot decode. Sampling stays among the tokenizer's ids."""
     from lit_gpt_scratch.model.generate import generate, generate_text
-    from lit_gpt_scratch.tokenizer import load_tokenizer
+    from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
     tokenizer = load_tokenizer("bytes")
     gpt = build_gpt(tiny_spec(vocab_size=4096, block_size=32))

@@ -65,7 +65,7 @@ def test_lightning_lines_print_once_without_its_tip_flops_or_deprecation_warning
 
 TERMINAL = """
 import io, sys
-from lit_gpt_scratch.cli import main
+from lit_gpt_scratch.cli.main import main
 
 class Terminal(io.StringIO):
     def isatty(self):

@@ -14,7 +14,7 @@ from conftest import LOREM, read_split, write_text_corpus
 from test_tokenizer import write_big_vocab
 
 from lit_gpt_scratch.data.datamodule import TokenDataModule, check_against_model, corpus_fingerprint
-from lit_gpt_scratch.data.tokens import WindowSampler
+from lit_gpt_scratch.data.windows import WindowSampler
 from lit_gpt_scratch.errors import UserError
 
 BLOCK = 8

@@ -18,7 +18,7 @@ def test_lightnings_per_batch_sigterm_broadcast_is_where_preemption_expects_it()
 
 
 def test_lightnings_validation_rule_is_where_run_checkpoint_asks_it():
-    # run_checkpoint.validation_due asks it in the batch-end hooks, with the fit loop's fetcher.
+    # checkpoints.validation_due asks it in the batch-end hooks, with the fit loop's fetcher.
     from lightning.pytorch.loops.fit_loop import _FitLoop
 
     method = _TrainingEpochLoop._should_check_val_fx

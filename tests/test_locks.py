@@ -9,11 +9,11 @@ import time
 import pytest
 
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.locks import FolderLock, folder_lock
+from lit_gpt_scratch.files import FolderLock, folder_lock
 
 HOLD = """
 import sys, time
-from lit_gpt_scratch.locks import FolderLock
+from lit_gpt_scratch.files import FolderLock
 FolderLock(sys.argv[1], "x").acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -140,7 +140,7 @@ def test_tied_and_untied_heads():
 
 
 def test_flops_per_token_is_nanogpts_figure_for_gpt2_small():
-    from lit_gpt_scratch.callbacks import flops_per_token
+    from lit_gpt_scratch.train.callbacks import flops_per_token
 
     model = build_gpt(gpt_section(CONFIGS[0].with_name("124m.yaml")), device="meta")
     # 6 * (124,475,904 weights with padding - 786,432 position rows) + 12*12*12*64*1024
@@ -150,7 +150,7 @@ def test_flops_per_token_is_nanogpts_figure_for_gpt2_small():
 def test_flops_per_token_counts_an_untied_input_embedding_as_a_lookup():
     """124m-modern has an untied head: its input embedding (50,304 x 768) is a lookup, not a
     matmul. Counting it as one gave 1,086.6 MFLOP per token and an MFU 27% too high."""
-    from lit_gpt_scratch.callbacks import flops_per_token
+    from lit_gpt_scratch.train.callbacks import flops_per_token
 
     model = build_gpt(gpt_section(CONFIGS[0].with_name("124m-modern.yaml")), device="meta")
     # 6 * (162,222,336 weights with padding - 38,633,472 in wte) + 12*12*12*64*1024
@@ -169,7 +169,7 @@ def test_flops_per_token_counts_an_untied_input_embedding_as_a_lookup():
     ],
 )
 def test_the_peak_flops_table_matches_whole_device_names(monkeypatch, name, peak):
-    from lit_gpt_scratch.callbacks import device_peak_flops
+    from lit_gpt_scratch.train.callbacks import device_peak_flops
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert device_peak_flops(torch.device("cuda", 0)) == peak

@@ -24,7 +24,7 @@ from test_tokenizer import unicode_text, write_big_vocab
 from lit_gpt_scratch.data import shards as shards_module
 from lit_gpt_scratch.data.prepare import META, STATE, prepare
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
 GPT2 = load_tokenizer("gpt2")
 SPECIAL_DOCS = [
@@ -242,7 +242,7 @@ PREPARE_SCRIPT = (
     "import signal, sys, lit_gpt_scratch.data.prepare as p, lit_gpt_scratch.data.sources as s;"
     "signal.signal(signal.SIGINT, signal.default_int_handler);"
     "p.CHECKPOINT_SECONDS = 0; s.CHUNK_BYTES = 4096;"
-    "from lit_gpt_scratch.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from lit_gpt_scratch.cli.main import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
@@ -462,10 +462,10 @@ def test_sigterm_stops_like_ctrl_c_with_no_worker_left_and_the_rerun_continues(t
 
 # 50 ms more per chunk: some 8 s in all, time for a second process to start meanwhile
 SLOWER_SCRIPT = PREPARE_SCRIPT.replace(
-    "from lit_gpt_scratch.cli",
+    "from lit_gpt_scratch.cli.main",
     "import time; route = p._Run._route;"
     "p._Run._route = lambda run, result: (time.sleep(0.05), route(run, result))[1];"
-    "from lit_gpt_scratch.cli",
+    "from lit_gpt_scratch.cli.main",
 )
 
 
@@ -703,7 +703,7 @@ def test_bad_options_are_named(corpus, tmp_path, option, value, message):
 
 
 def test_data_dir_that_is_a_file_is_refused_and_never_offered_for_deletion(corpus, tmp_path):
-    from lit_gpt_scratch.data.tokens import read_meta
+    from lit_gpt_scratch.data.windows import read_meta
 
     user_file = tmp_path / "zero.txt"
     user_file.write_bytes(b"the user's own file\n")

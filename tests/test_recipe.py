@@ -8,10 +8,10 @@ import torch
 from conftest import LOREM, last_checkpoint, small_run_args, write_text_corpus
 
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.lit_module import param_groups
 from lit_gpt_scratch.model.gpt import GPT
-from lit_gpt_scratch.optim import Muon, orthogonalize
-from lit_gpt_scratch.schedules import WarmupCosineLR, WarmupStableDecayLR
+from lit_gpt_scratch.train.module import param_groups
+from lit_gpt_scratch.train.optimizers import Muon, orthogonalize
+from lit_gpt_scratch.train.schedules import WarmupCosineLR, WarmupStableDecayLR
 
 
 def small(**options) -> GPT:
@@ -136,7 +136,7 @@ def test_warmup_stable_decay_holds_the_peak_then_decays_linearly():
 
 
 MUON = [
-    "--model.optimizer.class_path=lit_gpt_scratch.optim.Muon",
+    "--model.optimizer.class_path=lit_gpt_scratch.train.optimizers.Muon",
     "--model.optimizer.init_args.lr=0.02",
     "--model.optimizer.init_args.adamw_lr=0.003",
 ]

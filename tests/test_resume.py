@@ -16,7 +16,7 @@ import torch
 from conftest import LOREM, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_gpt_scratch.rng import rng_states, set_rng_states
+from lit_gpt_scratch.train.rng import rng_states, set_rng_states
 
 TESTS = Path(__file__).resolve().parent
 

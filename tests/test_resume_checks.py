@@ -14,7 +14,7 @@ import yaml
 from conftest import LOREM, last_checkpoint, small_run_args, write_text_corpus
 from test_resume import fit, losses
 
-from lit_gpt_scratch.schedules import WarmupCosineLR
+from lit_gpt_scratch.train.schedules import WarmupCosineLR
 
 RUN = "checkpoints/tiny/version_0"
 SCHEDULE = {"model.lr_scheduler.init_args.warmup_steps": "2", "trainer.max_steps": "6"}
@@ -119,14 +119,14 @@ def test_another_tokenizer_is_refused_naming_both(tmp_path, cli, run):
 
 def test_another_optimizer_class_is_refused_naming_both(tmp_path, cli, run):
     """Before: KeyError 'momentum' from Muon's first step on AdamW's state."""
-    muon = ["--model.optimizer.class_path=lit_gpt_scratch.optim.Muon",
+    muon = ["--model.optimizer.class_path=lit_gpt_scratch.train.optimizers.Muon",
             "--model.optimizer.init_args.lr=0.02"]  # fmt: skip
     result = cli("fit", *run, *muon, "--trainer.max_steps=8", "--ckpt_path=last")
     assert result.returncode == 1
     assert last_line(result) == (
-        "error: model.optimizer: lit_gpt_scratch.optim.Muon in the config, "
-        f"lit_gpt_scratch.optim.AdamW in checkpoint {RUN}/checkpoints/last.ckpt: its saved "
-        "state is for AdamW; resume with that optimizer, or start a new run from the "
+        "error: model.optimizer: lit_gpt_scratch.train.optimizers.Muon in the config, "
+        f"lit_gpt_scratch.train.optimizers.AdamW in checkpoint {RUN}/checkpoints/last.ckpt: its "
+        "saved state is for AdamW; resume with that optimizer, or start a new run from the "
         "checkpoint's weights"
     )
 
@@ -251,7 +251,7 @@ def test_a_scheduler_without_a_closed_form_refuses_changed_settings():
     """torch's own schedulers compute each lr from the one before: their value at a step
     under new settings is unknown, so a change is refused rather than half applied."""
     from lit_gpt_scratch.errors import UserError
-    from lit_gpt_scratch.schedules import apply_configured, configured_settings
+    from lit_gpt_scratch.train.schedules import apply_configured, configured_settings
 
     def build(gamma: float):
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

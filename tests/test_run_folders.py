@@ -73,7 +73,7 @@ def test_a_second_resume_of_a_running_run_is_refused_and_changes_nothing(tmp_pat
 
 
 def test_new_runs_that_list_the_folders_at_once_still_get_one_each(tmp_path, monkeypatch):
-    from lit_gpt_scratch import runs as runs_module
+    from lit_gpt_scratch.train import run_folders as runs_module
 
     first, first_lock = runs_module.new_run(tmp_path)
     # the second saw the folders before the first made its own: it must still not take it

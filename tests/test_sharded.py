@@ -15,7 +15,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from conftest import LOREM, small_run_args, write_text_corpus
 
-from lit_gpt_scratch.runs import older_last, rotate_last
+from lit_gpt_scratch.train.checkpoints import older_last, rotate_last
 
 
 def shard_like_fsdp(ckpt_file: Path, directory: Path) -> Path:

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-from lit_gpt_scratch import tokenizer as tok_module
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.tokenizer import GPT2_SHA256, build_gpt2, gpt2_files, load_tokenizer
+from lit_gpt_scratch.tokenizer import encodings as tok_module
+from lit_gpt_scratch.tokenizer.encodings import GPT2_SHA256, build_gpt2, gpt2_files, load_tokenizer
 
 LOOKALIKES = ["<|endoftext|>", "<|", "|>", "<|fim_prefix|>", "<|endofprompt|>", "\r\n", "\t", "  "]
 # Arbitrary Unicode (hypothesis leaves out lone surrogates, which UTF-8 cannot hold) mixed with

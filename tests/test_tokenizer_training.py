@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import read_split, write_text_corpus
 
-from lit_gpt_scratch.cli import main
+from lit_gpt_scratch.cli.main import main
 from lit_gpt_scratch.data.prepare import prepare
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.tokenizer import EOT, load_tokenizer
-from lit_gpt_scratch.tokenizer_training import train_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import EOT, load_tokenizer
+from lit_gpt_scratch.tokenizer.training import train_tokenizer
 
 CODE = [
     "def add(a, b):\n    return a + b\n",

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_gpt_scratch.data.prepare import prepare
-from lit_gpt_scratch.data.tokens import (
+from lit_gpt_scratch.data.windows import (
     TokenStream,
     TrainWindows,
     ValWindows,

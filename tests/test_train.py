@@ -12,7 +12,7 @@ import torch
 from conftest import LOREM, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_gpt_scratch.checkpoint import load_gpt
+from lit_gpt_scratch.train.checkpoint_files import load_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -73,9 +73,9 @@ def test_cpu_debug_overlay_runs_the_124m_config(run_dir, cli):
 
 
 def test_block_size_is_linked_from_data_to_model(monkeypatch):
+    from lit_gpt_scratch.cli.lightning_cli import LitGPTCLI
     from lit_gpt_scratch.data.datamodule import TokenDataModule
-    from lit_gpt_scratch.lightning_cli import LitGPTCLI
-    from lit_gpt_scratch.lit_module import LitGPT
+    from lit_gpt_scratch.train.module import LitGPT
 
     monkeypatch.setattr("sys.argv", ["lit-gpt-scratch"])
     args = ["--config", str(ROOT / "configs/tiny.yaml"), "--data.block_size=64"]
@@ -267,8 +267,8 @@ def test_a_hundred_real_steps_lower_the_val_loss(run_dir, cli):
 def test_val_bpb_is_the_loss_per_byte_of_the_windows_scored(run_dir, cli, tokenizer):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lit_gpt_scratch.data.tokens import TokenStream, ValWindows, read_meta
-    from lit_gpt_scratch.tokenizer import load_tokenizer
+    from lit_gpt_scratch.data.windows import TokenStream, ValWindows, read_meta
+    from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
     corpus = write_text_corpus(run_dir / "corpus", LOREM)
     overrides = {

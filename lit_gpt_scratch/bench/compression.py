@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lit_gpt_scratch.data.prepare import documents_with_split
 from lit_gpt_scratch.data.sources import plan_sources, replace_surrogates
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
 CJK = str(Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings" / "*-utf8.txt")
 

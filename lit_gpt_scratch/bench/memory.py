@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from lit_gpt_scratch.bench.tokenize import cpu_model
 from lit_gpt_scratch.data.shards import META
-from lit_gpt_scratch.data.tokens import TokenStream, TrainWindows, WindowSampler
+from lit_gpt_scratch.data.windows import TokenStream, TrainWindows, WindowSampler
 
 SHARD_TOKENS = 512 * 2**20  # 1 GiB of uint16 per shard
 VOCAB = 50257

@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader
 
 from lit_gpt_scratch.bench.memory import write_data
 from lit_gpt_scratch.data.shards import META
-from lit_gpt_scratch.data.tokens import TokenStream, TrainWindows, WindowSampler
-from lit_gpt_scratch.lit_module import LitGPT
+from lit_gpt_scratch.data.windows import TokenStream, TrainWindows, WindowSampler
+from lit_gpt_scratch.train.module import LitGPT
 
 
 @dataclass
@@ -256,8 +256,8 @@ def lightning_step_times(
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lit_gpt_scratch.callbacks import TokenThroughput
-    from lit_gpt_scratch.console import ProgressBar
+    from lit_gpt_scratch.train.callbacks import TokenThroughput
+    from lit_gpt_scratch.train.console import ProgressBar
 
     device = torch.device("cuda" if accelerator in ("cuda", "gpu") else accelerator)
     clock = _WindowClock(windows, device)

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps at least 3 and --log_every at least 2: no step between logging")
     device = resolve_device(args.device)
 
-    from lit_gpt_scratch.cli import main as cli
+    from lit_gpt_scratch.cli.main import main as cli
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

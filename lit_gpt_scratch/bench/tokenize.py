@@ -41,7 +41,7 @@ from pathlib import Path
 
 from lit_gpt_scratch.data.prepare import prepare
 from lit_gpt_scratch.data.sources import decode_utf8, stdlib_files
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
 MB = 10**6
 RAW_CAP_BYTES = 512 * MB  # raw holds all texts and token lists at once: time it on this much

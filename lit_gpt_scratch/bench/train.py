@@ -34,8 +34,8 @@ from lit_gpt_scratch.bench.step_timing import (
     workload,
 )
 from lit_gpt_scratch.bench.tokenize import cpu_model
-from lit_gpt_scratch.callbacks import device_peak_flops, flops_per_token
-from lit_gpt_scratch.host_memory import keep_freed_memory
+from lit_gpt_scratch.train.callbacks import device_peak_flops, flops_per_token
+from lit_gpt_scratch.train.host_memory import keep_freed_memory
 
 
 def device_name(device: torch.device) -> str:

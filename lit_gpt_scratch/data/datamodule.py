@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_gpt_scratch.data.prepare import prepare_from_config
-from lit_gpt_scratch.data.tokens import (
+from lit_gpt_scratch.data.windows import (
     TokenStream,
     TrainWindows,
     ValWindows,
@@ -38,7 +38,7 @@ from lit_gpt_scratch.data.tokens import (
     read_meta,
 )
 from lit_gpt_scratch.errors import Interrupted, UserError, check_at_least
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -63,8 +63,8 @@ from lit_gpt_scratch.data.tokenize import (
     tokenize_in_worker,
 )
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.locks import LOCK_NAME, FolderLock
-from lit_gpt_scratch.tokenizer import Tokenizer, load_tokenizer
+from lit_gpt_scratch.files import LOCK_NAME, FolderLock
+from lit_gpt_scratch.tokenizer.encodings import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 

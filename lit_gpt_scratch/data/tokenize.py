@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lit_gpt_scratch.data.sources import Chunk, replace_surrogates
-from lit_gpt_scratch.tokenizer import Tokenizer
+from lit_gpt_scratch.tokenizer.encodings import Tokenizer
 
 
 @dataclass

@@ -2,22 +2,22 @@
 ``config.yaml`` and ``checkpoints/``. Resuming finds the newest run's ``last.ckpt`` and goes on
 writing into that same folder, so its curves continue instead of splitting.
 
-One process writes a run folder at a time: it holds the folder's lock (``locks.FolderLock``)
+One process writes a run folder at a time: it holds the folder's lock (``files.FolderLock``)
 from the start, and a new run makes its ``version_N`` with an exclusive ``mkdir``, so two
 runs started at once never pick the same one."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lit_gpt_scratch.checkpoint_io import is_temporary
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.locks import FolderLock
+from lit_gpt_scratch.files import FolderLock
+from lit_gpt_scratch.train.checkpoint_io import is_temporary
+from lit_gpt_scratch.train.checkpoints import last_candidates_in
 
 VERSION_RE = re.compile(r"version_(\d+)")
 
@@ -145,52 +145,6 @@ def run_of_checkpoint(ckpt_path: str | Path, root: Path) -> RunFolder | None:
     return RunFolder(root, folder.name) if VERSION_RE.fullmatch(folder.name) else None
 
 
-# --- the last checkpoints: rotated, never half-written, the newest readable one resumed ---------
-
-LAST = "last.ckpt"
-
-
-def older_last(last: Path, n: int) -> Path:
-    """``last-<n>.ckpt``: the ``last.ckpt`` of ``n`` saves before."""
-    return last.with_name(f"last-{n}.ckpt")
-
-
-def rotate_last(last: Path, keep_older: int) -> None:
-    """Before ``last.ckpt`` is replaced, shift ``last-1`` → ``last-2`` ... and link the current
-    ``last.ckpt`` as ``last-1.ckpt``, keeping ``keep_older`` of them. ``last.ckpt`` itself
-    stays in place, whole, until the new one is renamed over it."""
-    if keep_older < 1 or not last.exists():
-        return
-    oldest = older_last(last, keep_older)
-    if oldest.is_dir():  # sharded (FSDP) checkpoints are directories
-        shutil.rmtree(oldest)
-    oldest.unlink(missing_ok=True)
-    for n in range(keep_older - 1, 0, -1):
-        if older_last(last, n).exists():
-            os.replace(older_last(last, n), older_last(last, n + 1))
-    tmp = last.with_name(f"{older_last(last, 1).name}.tmp")
-    if last.is_dir():  # a sharded checkpoint is a directory: move it aside
-        os.replace(last, older_last(last, 1))
-        return
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(last, tmp)  # a second name for the same bytes: no copy
-    except OSError:
-        shutil.copy2(last, tmp)
-    os.replace(tmp, older_last(last, 1))
-
-
 def last_candidates(run: RunFolder) -> list[Path]:
     """``last.ckpt``, ``last-1.ckpt``, ... of a run folder, newest first, those that exist."""
     return last_candidates_in(run.last_checkpoint.parent)
-
-
-def last_candidates_in(folder: Path) -> list[Path]:
-    """``last.ckpt``, ``last-1.ckpt``, ... in a checkpoint folder, newest first, as exist."""
-    last = folder / LAST
-    found = [last] if last.exists() else []
-    n = 1
-    while older_last(last, n).exists():
-        found.append(older_last(last, n))
-        n += 1
-    return found

@@ -61,7 +61,7 @@ def _human(count: float) -> str:
 
 def model_summary(gpt) -> str:
     """A few lines: the GPT's parts (class, parameters) and its training cost per token."""
-    from lit_gpt_scratch.callbacks import flops_per_token
+    from lit_gpt_scratch.train.callbacks import flops_per_token
 
     tied = gpt.lm_head.weight is gpt.wte.weight
     lines = [

@@ -15,12 +15,12 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric, SumMetric
 
-from lit_gpt_scratch.distributed import all_reduce, unwrapped_name, world_size
 from lit_gpt_scratch.errors import Diverged, UserError
 from lit_gpt_scratch.model.gpt import GPT
-from lit_gpt_scratch.optim import AdamW, skips_on_device
-from lit_gpt_scratch.rng import all_ranks_rng_states, restore_rank_rng_states
-from lit_gpt_scratch.schedules import WarmupCosineLR, apply_configured, configured_settings
+from lit_gpt_scratch.train.distributed import all_reduce, unwrapped_name, world_size
+from lit_gpt_scratch.train.optimizers import AdamW, skips_on_device
+from lit_gpt_scratch.train.rng import all_ranks_rng_states, restore_rank_rng_states
+from lit_gpt_scratch.train.schedules import WarmupCosineLR, apply_configured, configured_settings
 
 
 class LitGPT(L.LightningModule):

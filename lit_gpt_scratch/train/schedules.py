@@ -140,7 +140,7 @@ def apply_configured(
         raise UserError(
             f"model.lr_scheduler {type(scheduler).__name__} cannot continue with changed "
             f"settings ({changed[0] if changed else f'at step {step}'}): keep the checkpoint's, "
-            "or use lit_gpt_scratch.schedules.WarmupCosineLR or WarmupStableDecayLR"
+            "or use lit_gpt_scratch.train.schedules.WarmupCosineLR or WarmupStableDecayLR"
         )
     for group, settings in zip(optimizer.param_groups, configured["optimizer"], strict=True):
         group.update(settings)

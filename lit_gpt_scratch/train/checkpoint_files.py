@@ -200,7 +200,7 @@ def save_gpt(
     A path that cannot be written is a UserError naming ``label`` (the option that gave it)."""
     import lightning
 
-    from lit_gpt_scratch.checkpoint_io import atomic_torch_save
+    from lit_gpt_scratch.train.checkpoint_io import atomic_torch_save
 
     path = Path(path)
     if path.exists():

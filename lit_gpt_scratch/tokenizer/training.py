@@ -5,7 +5,7 @@ documents); encoding always goes through tiktoken, like every other tokenizer he
 ``<out>.tiktoken`` (``base64(token) rank`` per line: the 256 single bytes first, rank = byte
 value, then one rank per merge in the order it was learned) and the sidecar ``<out>.json`` with
 the split pattern and the special tokens, which take the ids above the last rank. Both are what
-``data.tokenizer: <out>.tiktoken`` reads (see ``tokenizer.py``).
+``data.tokenizer: <out>.tiktoken`` reads (see ``encodings.py``).
 
 Pre-tokenization is GPT-4's pattern: digits in groups of at most three, and runs of spaces kept
 together except the last one, which joins the next word, so Python indentation becomes a few
@@ -25,7 +25,12 @@ from pathlib import Path
 from lit_gpt_scratch.data.prepare import documents_with_split
 from lit_gpt_scratch.data.sources import plan_sources, replace_surrogates
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.tokenizer import EOT, GPT4_SPLIT_PATTERN, gpt2_byte_alphabet, load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import (
+    EOT,
+    GPT4_SPLIT_PATTERN,
+    gpt2_byte_alphabet,
+    load_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 

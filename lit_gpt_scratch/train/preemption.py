@@ -20,9 +20,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_gpt_scratch.distributed import all_reduce
 from lit_gpt_scratch.errors import StoppedNow, UserError
-from lit_gpt_scratch.run_checkpoint import RunCheckpoint, last_path_of, validation_due
+from lit_gpt_scratch.train.checkpoints import RunCheckpoint, last_path_of, validation_due
+from lit_gpt_scratch.train.distributed import all_reduce
 
 log = logging.getLogger(__name__)
 

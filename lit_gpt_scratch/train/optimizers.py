@@ -1,6 +1,6 @@
 """Optimizers that LitGPT's param groups plug into (chosen in YAML as ``model.optimizer``).
 
-Both take ``lit_module.param_groups``: three groups tagged ``role`` matrix / embedding /
+Both take ``module.param_groups``: three groups tagged ``role`` matrix / embedding /
 vector. AdamW treats them alike (the vectors without weight decay); Muon updates the
 matrices its own way and the rest with AdamW.
 """
@@ -103,7 +103,7 @@ class Muon(torch.optim.Optimizer):
     ``momentum_buffer`` for a matrix; ``step``, ``exp_avg`` and ``exp_avg_sq`` for the rest.
 
     Args:
-        params: ``lit_module.param_groups`` (groups tagged with ``role``). The matrix
+        params: ``module.param_groups`` (groups tagged with ``role``). The matrix
             group's parameters must be whole 2-D matrices (not FSDP's flat shards).
         lr: Muon's learning rate, for the matrices.
         momentum: Muon's momentum.
@@ -138,7 +138,7 @@ class Muon(torch.optim.Optimizer):
         check_at_least("model.optimizer.init_args.ns_steps", ns_steps, 1)
         groups = [dict(g) for g in params]
         if not all(isinstance(g, dict) and "role" in g for g in groups):
-            raise ValueError("Muon needs param groups tagged with a role (lit_module.param_groups)")
+            raise ValueError("Muon needs param groups tagged with a role (module.param_groups)")
         for group in groups:
             if group["role"] != "matrix":
                 group.setdefault("lr", adamw_lr)

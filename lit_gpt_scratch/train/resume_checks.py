@@ -20,9 +20,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_gpt_scratch.data.datamodule import another_corpus_message, corpus_fingerprint
 from lit_gpt_scratch.data.shards import META
-from lit_gpt_scratch.data.tokens import another_seed_message, read_meta
+from lit_gpt_scratch.data.windows import another_seed_message, read_meta
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
 log = logging.getLogger(__name__)
 

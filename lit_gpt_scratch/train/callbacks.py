@@ -160,7 +160,7 @@ class TextSamples(L.Callback):
         every step (no early stop) so that they make the same calls. Elsewhere one rank
         generates alone with the GPT itself."""
         from lit_gpt_scratch.model.generate import generate_text
-        from lit_gpt_scratch.tokenizer import load_tokenizer
+        from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
         spec = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("tokenizer", "gpt2")
         sharded = _is_sharded(trainer)

@@ -1,6 +1,6 @@
 """The model subcommands: ``generate``, ``import_hf``, ``export`` and ``consolidate``.
 
-Each is a plain, typed function: its signature is the CLI (``cli.py`` builds the parser from
+Each is a plain, typed function: its signature is the CLI (``cli/main.py`` builds the parser from
 it), its docstring the ``--help``.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt_scratch.checkpoint import load_gpt, load_sharded_gpt, save_gpt
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.model.generate import generate_text
-from lit_gpt_scratch.tokenizer import load_tokenizer
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
+from lit_gpt_scratch.train.checkpoint_files import load_gpt, load_sharded_gpt, save_gpt
 
 
 def usable_device(name: str) -> str:
@@ -113,8 +113,8 @@ def import_hf(hf_dir: str, out: str, tokenizer: str = "gpt2") -> None:
         out: The checkpoint file to write (.ckpt); it must not exist yet.
         tokenizer: Tokenizer spec recorded in the checkpoint for generate and fit.
     """
-    from lit_gpt_scratch.checkpoint_io import check_writable
     from lit_gpt_scratch.interop.hf import gpt_from_hf, load_hf_dir
+    from lit_gpt_scratch.train.checkpoint_io import check_writable
 
     if Path(out).exists():
         raise UserError(f"--out {out} exists: choose another path or delete it first")
@@ -165,7 +165,7 @@ def consolidate(ckpt_path: str, out: str) -> None:
             state_dict_type: sharded writes last.ckpt and the others as directories).
         out: The checkpoint file to write (.ckpt); it must not exist yet.
     """
-    from lit_gpt_scratch.checkpoint_io import check_writable
+    from lit_gpt_scratch.train.checkpoint_io import check_writable
 
     if Path(out).exists():
         raise UserError(f"--out {out} exists: choose another path or delete it first")
@@ -178,7 +178,7 @@ def consolidate(ckpt_path: str, out: str) -> None:
 
 
 def _write_gpt2_tokenizer(directory: Path) -> None:
-    from lit_gpt_scratch.tokenizer import gpt2_files
+    from lit_gpt_scratch.tokenizer.encodings import gpt2_files
 
     files = gpt2_files()
     shutil.copyfile(files["encoder.json"], directory / "vocab.json")

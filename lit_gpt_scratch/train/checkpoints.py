@@ -1,6 +1,7 @@
-"""RunCheckpoint: Lightning's ModelCheckpoint that also keeps the ``last.ckpt`` files before
-the newest (``last-1.ckpt``, ...), so a checkpoint damaged after it was written still leaves
-a good one to resume from. Configured as the top-level ``checkpoint:`` section.
+"""A run's checkpoints. RunCheckpoint is Lightning's ModelCheckpoint that also keeps the
+``last.ckpt`` files before the newest (``last-1.ckpt``, ...: ``rotate_last``), so a checkpoint
+damaged after it was written still leaves a good one to resume from. Configured as the
+top-level ``checkpoint:`` section.
 
 At a step that is validated, the save waits for the validation: the file is named and ranked
 by that step's own ``val/loss`` (Lightning's saves at the batch end carry the one before),
@@ -14,12 +15,13 @@ Every write goes to a temporary file beside the target, renamed over it
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.runs import rotate_last
 
 
 def last_path_of(callback: ModelCheckpoint) -> Path:
@@ -148,3 +150,49 @@ def validation_due(trainer) -> bool:
         return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
     finally:
         trainer.should_stop = stop
+
+
+# --- the last checkpoints: rotated, never half-written, the newest readable one resumed ---------
+
+LAST = "last.ckpt"
+
+
+def older_last(last: Path, n: int) -> Path:
+    """``last-<n>.ckpt``: the ``last.ckpt`` of ``n`` saves before."""
+    return last.with_name(f"last-{n}.ckpt")
+
+
+def rotate_last(last: Path, keep_older: int) -> None:
+    """Before ``last.ckpt`` is replaced, shift ``last-1`` → ``last-2`` ... and link the current
+    ``last.ckpt`` as ``last-1.ckpt``, keeping ``keep_older`` of them. ``last.ckpt`` itself
+    stays in place, whole, until the new one is renamed over it."""
+    if keep_older < 1 or not last.exists():
+        return
+    oldest = older_last(last, keep_older)
+    if oldest.is_dir():  # sharded (FSDP) checkpoints are directories
+        shutil.rmtree(oldest)
+    oldest.unlink(missing_ok=True)
+    for n in range(keep_older - 1, 0, -1):
+        if older_last(last, n).exists():
+            os.replace(older_last(last, n), older_last(last, n + 1))
+    tmp = last.with_name(f"{older_last(last, 1).name}.tmp")
+    if last.is_dir():  # a sharded checkpoint is a directory: move it aside
+        os.replace(last, older_last(last, 1))
+        return
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(last, tmp)  # a second name for the same bytes: no copy
+    except OSError:
+        shutil.copy2(last, tmp)
+    os.replace(tmp, older_last(last, 1))
+
+
+def last_candidates_in(folder: Path) -> list[Path]:
+    """``last.ckpt``, ``last-1.ckpt``, ... in a checkpoint folder, newest first, as exist."""
+    last = folder / LAST
+    found = [last] if last.exists() else []
+    n = 1
+    while older_last(last, n).exists():
+        found.append(older_last(last, n))
+        n += 1
+    return found

@@ -76,7 +76,7 @@ def run_prepare(args: list[str]) -> int:
 
 
 def function_command(
-    name: str, module: str = "lit_gpt_scratch.commands"
+    name: str, module: str = "lit_gpt_scratch.cli.commands"
 ) -> Callable[[list[str]], int]:
     """A subcommand whose options are the signature of the function ``name`` in ``module``."""
 
@@ -108,7 +108,7 @@ def lightning_command(name: str) -> Callable[[list[str]], int]:
     """A LightningCLI subcommand (fit, validate, test, predict)."""
 
     def run(args: list[str]) -> int:
-        from lit_gpt_scratch import lightning_cli
+        from lit_gpt_scratch.cli import lightning_cli
 
         return lightning_cli.run([name, *args])
 
@@ -123,7 +123,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "prepare": ("tokenize a corpus into token shards (reads the data: section)", run_prepare),
     "train_tokenizer": (
         "fit a BPE vocabulary to a corpus (writes a .tiktoken file)",
-        function_command("train_tokenizer", "lit_gpt_scratch.tokenizer_training"),
+        function_command("train_tokenizer", "lit_gpt_scratch.tokenizer.training"),
     ),
     "generate": ("sample text from a checkpoint", function_command("generate")),
     "import_hf": (
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        from lit_gpt_scratch.strict_yaml import check_config_files, use_strict_yaml
+        from lit_gpt_scratch.cli.strict_yaml import check_config_files, use_strict_yaml
 
         use_strict_yaml()
         check_config_files(rest)

@@ -23,7 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lit_gpt_scratch.errors import UserError
 
 # A temporary name is ".<final name>.<pid>.tmp": hidden, and never ending in .ckpt, so nothing
-# that lists checkpoints (Lightning's, runs.last_candidates) takes one for a checkpoint.
+# that lists checkpoints (Lightning's, checkpoints.last_candidates_in) takes one for a checkpoint.
 TEMP_SUFFIX = ".tmp"
 
 

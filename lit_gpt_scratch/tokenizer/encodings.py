@@ -8,7 +8,7 @@ A tokenizer is named by a *spec* string, the value of `data.tokenizer`:
 - ``bytes``: byte-level, nanoGPT's "char" model for any text: ids 0..255 are the UTF-8 bytes
   themselves and ``<|endoftext|>`` = 256 (257 ids, uint16). No merges, so no vocabulary to fit;
   the model's head costs next to nothing, which is what a few-minute CPU run needs.
-- a vocabulary bundled in ``lit_gpt_scratch/vocabularies/<name>.tiktoken``, by its name:
+- a vocabulary bundled in ``lit_gpt_scratch/tokenizer/vocabularies/<name>.tiktoken``, by its name:
   ``stdlib-4k``, 4,096 ids trained by ``train_tokenizer`` on the Python standard library (the
   tiny config's; see the README for the exact command).
 - any other tiktoken encoding name (``cl100k_base``, ``o200k_base``, ...): tiktoken's own loading
@@ -130,7 +130,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
 
 
 def bundled_vocabularies() -> list[str]:
-    """Names of the ranks files shipped in ``lit_gpt_scratch/vocabularies/``."""
+    """Names of the ranks files shipped in ``lit_gpt_scratch/tokenizer/vocabularies/``."""
     return sorted(p.stem for p in BUNDLED_DIR.glob("*.tiktoken"))
 
 

@@ -25,8 +25,12 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegi
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lit_gpt_scratch.callbacks import TextSamples, TokenThroughput
-from lit_gpt_scratch.checkpoint import (
+from lit_gpt_scratch.data.datamodule import TokenDataModule
+from lit_gpt_scratch.errors import UserError, check_above, check_at_least
+from lit_gpt_scratch.files import FolderLock
+from lit_gpt_scratch.model.build import first_difference
+from lit_gpt_scratch.train.callbacks import TextSamples, TokenThroughput
+from lit_gpt_scratch.train.checkpoint_files import (
     check_weights_finite,
     check_weights_fit,
     is_sharded,
@@ -34,22 +38,17 @@ from lit_gpt_scratch.checkpoint import (
     load_weights,
     read_checkpoint,
 )
-from lit_gpt_scratch.checkpoint_io import install_atomic_checkpoint_io, remove_stale
-from lit_gpt_scratch.console import ModelSummary, ProgressBar, quiet_lightning
-from lit_gpt_scratch.data.datamodule import TokenDataModule
-from lit_gpt_scratch.errors import UserError, check_above, check_at_least
-from lit_gpt_scratch.host_memory import keep_freed_memory
-from lit_gpt_scratch.lit_module import LitGPT
-from lit_gpt_scratch.locks import FolderLock
-from lit_gpt_scratch.model.build import first_difference
-from lit_gpt_scratch.preemption import StopOnSignal, handlers_kept_until_done
-from lit_gpt_scratch.resume_checks import NothingToTrain, check_resume
-from lit_gpt_scratch.run_checkpoint import RunCheckpoint
-from lit_gpt_scratch.runs import (
+from lit_gpt_scratch.train.checkpoint_io import install_atomic_checkpoint_io, remove_stale
+from lit_gpt_scratch.train.checkpoints import RunCheckpoint, last_candidates_in
+from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_lightning
+from lit_gpt_scratch.train.host_memory import keep_freed_memory
+from lit_gpt_scratch.train.module import LitGPT
+from lit_gpt_scratch.train.preemption import StopOnSignal, handlers_kept_until_done
+from lit_gpt_scratch.train.resume_checks import NothingToTrain, check_resume
+from lit_gpt_scratch.train.run_folders import (
     RunFolder,
     forget_new_runs,
     last_candidates,
-    last_candidates_in,
     lock_run,
     new_run,
     newest_resumable,
@@ -338,7 +337,7 @@ class LitGPTCLI(LightningCLI):
 
 class _RunFolderKept(Callback):
     """From the start of the run's loop on, a new run folder is kept, whatever comes next;
-    before it, a failure takes the folder away (runs.forget_new_runs)."""
+    before it, a failure takes the folder away (run_folders.forget_new_runs)."""
 
     def _keep(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
