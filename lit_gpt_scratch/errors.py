@@ -1,4 +1,5 @@
-"""The one exception type for bad input a user can fix, and the checks that raise it."""
+"""The one exception type for bad input a user can fix, the checks that raise it, and the
+one-line form of another library's error that such a message quotes."""
 
 import math
 
@@ -60,3 +61,17 @@ def check_above(key: str, value, minimum) -> None:
 def _check_finite(key: str, value) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{key} must be a finite number, got {value}")
+
+
+def one_line(error: BaseException | str, limit: int | None = None) -> str:
+    """An error's message as one line (whitespace runs collapsed; the type's name when it has no
+    message), cut to ``limit`` characters: for quoting another library's error in a UserError.
+    A DataLoader worker's error, which the main process re-raises wrapped in the worker's
+    traceback, is its original message (the traceback's last line)."""
+    message = str(error)
+    if "\nOriginal Traceback" in message:
+        message = message.rstrip().splitlines()[-1].split("Error: ", 1)[-1]
+    text = " ".join(message.split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return text[:limit] if limit else text

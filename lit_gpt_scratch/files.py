@@ -1,8 +1,14 @@
-"""One writer per folder: an exclusive advisory lock (``flock``) on a ``.lock`` file inside it.
+"""Files that are whole or absent, and folders with one writer.
 
-The kernel drops the lock when its process ends, however it ends (``kill -9`` included), so
-a lock is never left stale. ``flock`` works across processes and, on NFS v4 and Lustre, across
-nodes that mount the same folder.
+Atomic writes: a file's bytes go to a temporary file beside it, synced to disk and renamed over
+its name: a new file, never a write through an existing one, so a kill or a full disk leaves the
+old file (or none) in place, and the temporary is removed (or, after a kill, found by
+``remove_stale``).
+
+Folder locks: an exclusive advisory lock (``flock``) on a ``.lock`` file inside the folder. The
+kernel drops the lock when its process ends, however it ends (``kill -9`` included), so a lock
+is never left stale. ``flock`` works across processes and, on NFS v4 and Lustre, across nodes
+that mount the same folder.
 """
 
 from __future__ import annotations
@@ -16,6 +22,78 @@ from pathlib import Path
 from lit_gpt_scratch.errors import UserError
 
 LOCK_NAME = ".lock"
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+# A temporary name is ".<final name>.<pid>.tmp": hidden, and never ending like its final name
+# (.ckpt, .json), so nothing that lists the real files takes one for them.
+TEMP_SUFFIX = ".tmp"
+
+
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def is_temporary(path: Path) -> bool:
+    """A file a write makes before its rename."""
+    return path.name.endswith(TEMP_SUFFIX)
+
+
+@contextmanager
+def atomic_write(path: str | Path):
+    """A new binary file to write ``path``'s contents into: when the block ends, it is synced
+    and renamed over ``path``, and the folder synced, so ``path`` holds the whole new contents
+    or is as it was. Any error removes the temporary file; an OSError names ``path``."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.unlink(missing_ok=True)  # a stale one of this pid: never written through
+        with open(tmp, "xb") as file:  # a new file, whatever links exist
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        sync_folder(path.parent)  # the rename itself survives a power cut
+    except BaseException as e:
+        remove_quietly(tmp)
+        if isinstance(e, OSError) and e.filename != str(path):
+            raise OSError(e.errno, e.strerror, str(path)) from None  # not the temporary's name
+        raise
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through ``atomic_write``."""
+    with atomic_write(path) as file:
+        file.write(data.encode() if isinstance(data, str) else data)
+
+
+def sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove the temporary files that writes killed midway left in ``folder``; the removed.
+    Unlinking only: a temporary may be a second name of a real file (a hard link)."""
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.is_file() and is_temporary(p)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+# --- one writer per folder -------------------------------------------------------------------
 
 
 class FolderLock:

@@ -26,8 +26,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_gpt_scratch.data.datamodule import TokenDataModule
-from lit_gpt_scratch.errors import UserError, check_above, check_at_least
-from lit_gpt_scratch.files import FolderLock
+from lit_gpt_scratch.errors import UserError, check_above, check_at_least, one_line
+from lit_gpt_scratch.files import FolderLock, remove_stale
 from lit_gpt_scratch.model.build import first_difference
 from lit_gpt_scratch.train.callbacks import TextSamples, TokenThroughput
 from lit_gpt_scratch.train.checkpoint_files import (
@@ -38,7 +38,7 @@ from lit_gpt_scratch.train.checkpoint_files import (
     load_weights,
     read_checkpoint,
 )
-from lit_gpt_scratch.train.checkpoint_io import install_atomic_checkpoint_io, remove_stale
+from lit_gpt_scratch.train.checkpoint_io import install_atomic_checkpoint_io
 from lit_gpt_scratch.train.checkpoints import RunCheckpoint, last_candidates_in
 from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.train.host_memory import keep_freed_memory
@@ -251,7 +251,7 @@ class LitGPTCLI(LightningCLI):
         try:
             trainer = super()._instantiate_trainer(config, callbacks)
         except ValueError as e:  # the Trainer's own checks of its arguments (strategy, devices)
-            raise UserError(" ".join(str(e).split())) from None
+            raise UserError(one_line(e)) from None
         install_atomic_checkpoint_io(trainer.strategy)  # never a copy from $TMPDIR over a link
         return trainer
 
@@ -420,9 +420,9 @@ def run(args: list[str]) -> int:
         rank_zero_only(print)(e, file=sys.stderr)
         return 0
     except MisconfigurationException as e:  # Lightning's word for a bad combination of options
-        raise UserError(" ".join(str(e).split())) from None
+        raise UserError(one_line(e)) from None
     except argparse.ArgumentError as e:  # an unknown key, a bad value
-        raise UserError(f"{' '.join(str(e).split())} (see --help)") from None
+        raise UserError(f"{one_line(e)} (see --help)") from None
     except RuntimeError as e:
         if not str(e).startswith("SaveConfigCallback expected"):
             raise

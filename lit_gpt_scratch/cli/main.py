@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lit_gpt_scratch.errors import Interrupted, StoppedNow, Terminated, UserError
+from lit_gpt_scratch.errors import Interrupted, StoppedNow, Terminated, UserError, one_line
 
 # OSErrors of the machine, not of the code: no space, no permission, a read-only filesystem.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -64,7 +64,7 @@ def parse(parser, args: list[str]):
     try:
         return parser.parse_args(args)
     except argparse.ArgumentError as e:
-        raise UserError(f"{' '.join(str(e).split())} (see --help)") from None
+        raise UserError(f"{one_line(e)} (see --help)") from None
 
 
 def run_prepare(args: list[str]) -> int:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         check_config_files(rest)
         return SUBCOMMANDS[name][1](rest)
     except UserError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
@@ -201,14 +201,6 @@ def peer_stopped(error: RuntimeError) -> bool:
     return type(error).__name__ == "DistBackendError" or any(
         phrase in str(error) for phrase in PEER_STOPPED
     )
-
-
-def one_line(message: str) -> str:
-    """The message itself, also when a DataLoader worker raised it (the main process re-raises
-    it wrapped in the worker's traceback, the original message on the last line)."""
-    if "\nOriginal Traceback" in message:
-        return message.rstrip().splitlines()[-1].split("Error: ", 1)[-1]
-    return message
 
 
 def exit_with(code: int) -> None:

@@ -45,8 +45,6 @@ from lit_gpt_scratch.data.shards import (
     SHARD_RE,
     SPLITS,
     ShardWriter,
-    fsync_dir,
-    naming,
     refuse_file_as_data_dir,
 )
 from lit_gpt_scratch.data.sources import (
@@ -63,7 +61,7 @@ from lit_gpt_scratch.data.tokenize import (
     tokenize_in_worker,
 )
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.files import LOCK_NAME, FolderLock
+from lit_gpt_scratch.files import LOCK_NAME, FolderLock, is_temporary, sync_folder, write_atomic
 from lit_gpt_scratch.tokenizer.encodings import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -182,8 +180,8 @@ def _roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype) -> None:
     """Cut the shards back to the last checkpoint on disk, as a rerun would, and drop the
     temporary files written since."""
     state = _read_json(out / STATE)
-    for name in (META + ".tmp", STATE + ".tmp"):
-        (out / name).unlink(missing_ok=True)
+    for tmp in _json_temporaries(out):
+        tmp.unlink(missing_ok=True)
     if state is None:
         return
     for split in SPLITS:
@@ -309,7 +307,7 @@ class _Run:
         """Make everything so far durable, then record where a rerun continues."""
         for w in self.writers.values():
             w.sync()
-        fsync_dir(self.out)
+        sync_folder(self.out)
         state = {
             "settings": self.settings,
             "next_chunk": self.next_chunk,
@@ -329,7 +327,7 @@ class _Run:
                 f"tokens, block_size {block_size} needs {block_size + 1}"
             )
         splits = {s: w.finish() for s, w in self.writers.items()}
-        fsync_dir(self.out)
+        sync_folder(self.out)
         settings = {k: v for k, v in self.settings.items() if k != "chunk_bytes"}
         skipped_binary = skipped_binary + self.binary_files
         c = self.counters
@@ -442,14 +440,7 @@ def _progress_bar(total: int | None, initial: int, enabled: bool):
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with naming(tmp), open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -464,13 +455,25 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _own_file(name: str) -> bool:
-    return bool(SHARD_RE.match(name)) or name in (
-        META,
-        STATE,
-        META + ".tmp",
-        STATE + ".tmp",
-        LOCK_NAME,  # left by a killed run; a finished one removes it
+    return (
+        bool(SHARD_RE.match(name))
+        or _is_json_temporary(name)
+        or name
+        in (
+            META,
+            STATE,
+            LOCK_NAME,  # left by a killed run; a finished one removes it
+        )
     )
+
+
+def _is_json_temporary(name: str) -> bool:
+    """A temporary file of ``write_json_atomic`` (``.meta.json.<pid>.tmp``)."""
+    return is_temporary(Path(name)) and name.startswith((f".{META}.", f".{STATE}."))
+
+
+def _json_temporaries(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if _is_json_temporary(p.name)] if out.is_dir() else []
 
 
 def _refuse_foreign_files(out: Path) -> None:

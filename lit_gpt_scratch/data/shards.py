@@ -28,15 +28,6 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make renames inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def naming(path):
     """Give an OSError the file it happened to: a write or flush of an open file (a full disk)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, one_line
 
 CHUNK_BYTES = 1 << 20  # text handed to one worker at a time: small chunks balance the tail
 BINARY_PROBE_BYTES = 8192
@@ -428,7 +428,7 @@ def hf_documents(source: str, text_field: str) -> Iterator[str]:
             streaming=True,
         )
     except Exception as e:
-        reason = " ".join(str(e).split())
+        reason = one_line(e)
         raise UserError(f"source {source}: cannot open the dataset ({reason})") from None
     for n, record in enumerate(stream):
         yield _text_field(record, text_field, f"source {source}: record {n}")

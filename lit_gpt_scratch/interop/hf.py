@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, one_line
 from lit_gpt_scratch.model.attention import CausalSelfAttention
 from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.gpt import GPT
@@ -55,7 +55,7 @@ def load_hf_dir(hf_dir: str | Path):
             path, local_files_only=True, torch_dtype=torch.float32
         )
     except Exception as e:
-        reason = " ".join(str(e).split())
+        reason = one_line(e)
         raise UserError(f"--hf_dir {hf_dir}: transformers cannot load it ({reason})") from None
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, one_line
 
 EOT = "<|endoftext|>"
 
@@ -243,7 +243,7 @@ def _tiktoken_named(name: str) -> Tokenizer:
     try:
         encoding = tiktoken.get_encoding(name)
     except Exception as e:  # tiktoken raises whatever its download raised
-        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = one_line(e)
         raise UserError(
             f"tokenizer {name!r}: tiktoken could not load it ({reason}); it needs the network "
             "once, or its files in TIKTOKEN_CACHE_DIR"

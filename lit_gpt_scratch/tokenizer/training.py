@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from lit_gpt_scratch.data.prepare import documents_with_split
 from lit_gpt_scratch.data.sources import plan_sources, replace_surrogates
 from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.files import write_atomic
 from lit_gpt_scratch.tokenizer.encodings import (
     EOT,
     GPT4_SPLIT_PATTERN,
@@ -120,12 +120,9 @@ def write_ranks_file(path: Path, ranks: dict[bytes, int], special_ids: dict[str,
     lines = b"".join(base64.b64encode(t) + b" %d\n" % r for t, r in ranks.items())
     sidecar = json.dumps({"pat_str": GPT4_SPLIT_PATTERN, "special_tokens": special_ids}, indent=1)
     for target, data in ((path.with_suffix(".json"), sidecar.encode()), (path, lines)):
-        tmp = target.with_name(target.name + ".tmp")
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            write_atomic(target, data)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise UserError(f"{target}: cannot write it ({e.strerror})") from None
 
 

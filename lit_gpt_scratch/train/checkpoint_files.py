@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.errors import UserError, one_line
 from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.gpt import GPT
 
@@ -71,7 +71,7 @@ def _read_torch_file(file: Path, path: Path, weights: bool = True) -> dict:
         # mmap: tensors are paged in when used, so reading a big checkpoint's metadata is cheap
         ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(e, limit=200)
         raise UserError(f"checkpoint {path} is unreadable or truncated ({reason})") from None
     spec = (ckpt.get("hyper_parameters") or {}).get("gpt") if isinstance(ckpt, dict) else None
     if not isinstance(spec, dict) or (weights and "state_dict" not in ckpt):
@@ -150,7 +150,7 @@ def _build_and_load(ckpt: dict, path: str | Path, device: str | torch.device = "
     try:
         gpt = build_gpt(spec)
     except Exception as e:
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(e, limit=200)
         raise UserError(f"checkpoint {path}: its model spec does not build ({reason})") from None
     check_weights_finite(ckpt, path)
     load_weights(gpt, ckpt, path)
@@ -173,7 +173,7 @@ def load_sharded_gpt(path: str | Path) -> LoadedGPT:
     try:
         stored = reader.read_metadata().state_dict_metadata
     except Exception as e:
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(e, limit=200)
         raise UserError(f"checkpoint {path}: its shards are unreadable ({reason})") from None
     # Lightning saves {"model": state_dict, "optimizer_0": ...}; DCP flattens the keys
     template = {
@@ -184,7 +184,7 @@ def load_sharded_gpt(path: str | Path) -> LoadedGPT:
     try:
         dcp.load({"model": template}, storage_reader=reader, no_dist=True)
     except Exception as e:
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(e, limit=200)
         raise UserError(f"checkpoint {path}: its shards are unreadable ({reason})") from None
     # Wrapper modules leave their names in keys; the GPT's own names are what is left.
     for wrapper in ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module."):

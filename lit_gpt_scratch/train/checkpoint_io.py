@@ -6,52 +6,33 @@ memory, writes it to a temporary file in ``$TMPDIR`` and moves that onto the fin
 copy *into* the existing ``last.ckpt``, whose bytes the rotation shares with ``last-1.ckpt``
 (a hard link): the copy overwrote both, and a kill during it left neither readable.
 
-Here a checkpoint is streamed into a temporary file beside its final name, synced to disk and
-renamed over the name: a new file, never a write through an existing one. A save that fails
-(a full disk) removes its temporary file and names the checkpoint, not a temporary path. A save
-killed midway leaves its temporary file behind; a resume removes those (``remove_stale``).
+Here a checkpoint is streamed through ``files.atomic_write``: into a temporary file beside its
+final name, synced to disk and renamed over the name, a new file, never a write through an
+existing one. A save that fails (a full disk) removes its temporary file and names the
+checkpoint, not a temporary path. A save killed midway leaves its temporary file behind; a
+resume removes those (``files.remove_stale``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lit_gpt_scratch.errors import UserError
-
-# A temporary name is ".<final name>.<pid>.tmp": hidden, and never ending in .ckpt, so nothing
-# that lists checkpoints (Lightning's, checkpoints.last_candidates_in) takes one for a checkpoint.
-TEMP_SUFFIX = ".tmp"
-
-
-def temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
-def is_temporary(path: Path) -> bool:
-    """A file a save writes before its rename (this module's, or the rotation's link)."""
-    return path.name.endswith(TEMP_SUFFIX)
+from lit_gpt_scratch.errors import UserError, one_line
+from lit_gpt_scratch.files import atomic_write, remove_quietly, temporary_path
 
 
 def atomic_torch_save(obj, path: str | Path, label: str = "checkpoint") -> None:
     """``torch.save(obj)`` to ``path``, whole or not at all; UserError "<label> <path>: <why>"."""
     path = Path(path)
     _check_folder_possible(path, label)
-    tmp = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)  # a stale one of this pid: never written through
-        with open(tmp, "xb") as file:  # a new file, whatever links exist
+        with atomic_write(path) as file:
             torch.save(obj, file)  # streamed: no second copy of the checkpoint in memory
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-        _sync_folder(path.parent)  # the rename itself survives a power cut
     except BaseException as e:
-        _remove_quietly(tmp)
         cause = _os_error(e)
         if cause is not None:  # the machine's (a full disk, a read-only one), not the code's
             raise UserError(f"{label} {path}: {_reason(cause)}") from None
@@ -69,7 +50,7 @@ def check_writable(path: str | Path, label: str = "checkpoint") -> None:
             pass
         probe.unlink()
     except OSError as e:
-        _remove_quietly(probe)
+        remove_quietly(probe)
         raise UserError(f"{label} {path}: {_reason(e)}") from None
 
 
@@ -94,33 +75,7 @@ def _os_error(error: BaseException) -> OSError | None:
 
 
 def _reason(error: OSError) -> str:
-    return error.strerror or " ".join(str(error).split())[:200]
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def remove_stale(folder: Path) -> list[Path]:
-    """Remove the temporary files that saves killed midway left in ``folder``; the removed.
-    Unlinking only: a temporary may be a second name of a checkpoint (the rotation's link)."""
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.iterdir() if p.is_file() and is_temporary(p)]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    return error.strerror or one_line(error, limit=200)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.files import FolderLock
-from lit_gpt_scratch.train.checkpoint_io import is_temporary
+from lit_gpt_scratch.files import FolderLock, is_temporary
 from lit_gpt_scratch.train.checkpoints import last_candidates_in
 
 VERSION_RE = re.compile(r"version_(\d+)")

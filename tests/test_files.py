@@ -1,4 +1,5 @@
-"""FolderLock: one holder at a time, across real processes, and never left stale by a kill."""
+"""Atomic writes: a file is whole or as it was, and no temporary is left; FolderLock: one
+holder at a time, across real processes, and never left stale by a kill."""
 
 import os
 import subprocess
@@ -8,8 +9,46 @@ import time
 
 import pytest
 
-from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.files import FolderLock, folder_lock
+from lit_gpt_scratch.errors import UserError, one_line
+from lit_gpt_scratch.files import FolderLock, atomic_write, folder_lock, remove_stale, write_atomic
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "meta.json"
+    write_atomic(path, "old")
+    with pytest.raises(RuntimeError, match="midway"), atomic_write(path) as file:
+        file.write(b"half of the new")
+        raise RuntimeError("midway")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+    write_atomic(path, "new")
+    assert path.read_text() == "new"
+
+
+def test_a_write_into_a_missing_folder_names_the_file_not_its_temporary(tmp_path):
+    path = tmp_path / "missing" / "meta.json"
+    with pytest.raises(FileNotFoundError) as raised:
+        write_atomic(path, "x")
+    assert raised.value.filename == str(path)
+
+
+def test_remove_stale_takes_only_temporaries(tmp_path):
+    (tmp_path / "last.ckpt").write_text("kept")
+    (tmp_path / ".last.ckpt.123.tmp").write_text("left by a kill")
+    assert [p.name for p in remove_stale(tmp_path)] == [".last.ckpt.123.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_one_line_collapses_whitespace_and_unwraps_a_worker_error():
+    assert one_line(ValueError("bad\n  value\tthere")) == "bad value there"
+    assert one_line(KeyError()) == "KeyError"
+    assert one_line(OSError("x" * 300), limit=200) == "x" * 200
+    wrapped = (
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        "call last):\n  File ...\nlit_gpt_scratch.errors.UserError: shard x is short"
+    )
+    assert one_line(RuntimeError(wrapped)) == "shard x is short"
+
 
 HOLD = """
 import sys, time
