@@ -96,7 +96,7 @@ class PoisonOneRank(L.Callback):
             with torch.no_grad():
                 weight = next(p for p in pl_module.gpt.parameters() if _holds(p))
                 weight.view(-1)[0] = float("nan")
-        self.skipped[step] = pl_module.skipped_steps
+        self.skipped[step] = pl_module.divergence.skipped_steps
         write_rank_file(self.out, trainer, self.skipped)
 
 

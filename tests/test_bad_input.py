@@ -213,6 +213,10 @@ def test_bad_callback_options_are_one_line(tmp_path, cli, args, arg, message):
             "trainer.gradient_clip_val must be a finite number, got nan",
         ),
         (
+            ["--model.max_consecutive_skips=-1"],
+            "model.max_consecutive_skips must be at least 0, got -1",
+        ),
+        (
             ["--model.lr_scheduler.init_args.min_lr=.inf"],
             "model.lr_scheduler.init_args.min_lr must be a finite number, got inf",
         ),

@@ -255,3 +255,13 @@ def test_resume_from_a_mid_run_checkpoint_sees_the_uninterrupted_batches(corpus,
 def test_prepare_per_node_chooses_where_lightning_runs_prepare(per_node):
     # True: local rank 0 of each node (node-local disks); False: global rank 0 (shared storage)
     assert TokenDataModule(prepare_per_node=per_node).prepare_data_per_node is per_node
+
+
+def test_token_data_module_offers_the_interface_lit_gpt_asks_of_its_data(prepared):
+    """LitGPT reads the byte counts (val/bpb) and counts consumed batches (exact resume)
+    through train.module.TokenData; a data module that stops offering it loses both."""
+    from lit_gpt_scratch.train.module import TokenData
+
+    assert isinstance(prepared, TokenData)
+    token_bytes = prepared.token_bytes()
+    assert token_bytes.shape == (prepared.meta["vocab_size"],) and int(token_bytes.min()) >= 0

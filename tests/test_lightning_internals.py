@@ -28,3 +28,28 @@ def test_lightnings_validation_rule_is_where_run_checkpoint_asks_it():
     assert "self._data_fetcher" in inspect.getsource(_FitLoop)
     # it reads should_stop, which validation_due sets aside for the length of the call
     assert "self.trainer.should_stop" in inspect.getsource(method)
+
+
+def test_lightning_cli_calls_the_checkpoint_step_it_switches_off_and_the_trainer_builder():
+    # cli/lightning_cli.LitGPTCLI overrides both: the first with a no-op (Lightning's loads the
+    # checkpoint and swaps the model), the second to choose the Trainer's callbacks.
+    from lightning.pytorch.cli import LightningCLI
+
+    init = inspect.getsource(LightningCLI.__init__)
+    assert "self._parse_ckpt_path()" in init
+    assert init.index("self._parse_ckpt_path()") < init.index("self.before_instantiate_classes()")
+    assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"]
+    builder = LightningCLI._instantiate_trainer
+    assert list(inspect.signature(builder).parameters) == ["self", "config", "callbacks"]
+    assert "self._instantiate_trainer(" in inspect.getsource(LightningCLI.instantiate_trainer)
+
+
+def test_tensorboard_logger_hands_its_extra_kwargs_to_the_summary_writer():
+    # LitGPTCLI.before_fit sets _kwargs["purge_step"] before the writer exists, so a resumed
+    # run's curve drops the events logged after its checkpoint.
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger("unused", purge_step=3)
+    assert logger._kwargs == {"purge_step": 3}
+    source = inspect.getsource(type(logger).experiment.fget)
+    assert "**self._kwargs" in source

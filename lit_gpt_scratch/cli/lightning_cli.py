@@ -113,15 +113,23 @@ class LitGPTCLI(LightningCLI):
             "(instead of trainer.val_check_interval, which counts batches per device).",
         )
 
+    # Private Lightning methods overridden here, each for want of a public hook, and each
+    # checked by tests/test_lightning_internals.py so that an upgrade that renames or reshapes
+    # one fails there: _parse_ckpt_path (switched off), _instantiate_trainer (the callbacks
+    # given to the Trainer), and TensorBoardLogger._kwargs in before_fit (purge_step).
+
     def _parse_ckpt_path(self) -> None:
+        """Switched off. LightningCLI's own step loads the whole checkpoint (a damaged one
+        gives a traceback) and silently swaps the configured model for the checkpoint's;
+        ``before_instantiate_classes`` checks ``--ckpt_path`` instead."""
+
+    def before_instantiate_classes(self) -> None:
         """Check ``--ckpt_path`` before anything reads it.
 
-        Replaces LightningCLI's own step, which loads the whole file (a damaged one gives a
-        traceback) and silently swaps the configured model for the checkpoint's. Here the
-        config stays the source of truth: ``last`` becomes the newest readable last checkpoint
-        of this config's runs, a missing or damaged file is a one-line error naming it, and a
-        training checkpoint of another model is refused naming the first setting that differs.
-        A resumed ``fit`` writes into the run folder its checkpoint came from.
+        The config stays the source of truth: ``last`` becomes the newest readable last
+        checkpoint of this config's runs, a missing or damaged file is a one-line error naming
+        it, and a training checkpoint of another model is refused naming the first setting that
+        differs. A resumed ``fit`` writes into the run folder its checkpoint came from.
         """
         self.resume_step: int | None = None
         self.purge_step: int | None = None  # TensorBoard drops the run folder's events from it

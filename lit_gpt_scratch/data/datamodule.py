@@ -15,7 +15,8 @@ to run without it.
 Exact resume: the train sampler's position goes into checkpoints through ``state_dict``. It
 counts batches *consumed*, so the LightningModule must call ``mark_batch_consumed()`` once per
 training batch, in ``training_step`` (not ``on_train_batch_end``: Lightning runs the callbacks'
-``on_train_batch_end``, where ModelCheckpoint saves, before the module's).
+``on_train_batch_end``, where ModelCheckpoint saves, before the module's). With
+``token_bytes()`` that is the interface LitGPT asks of its data (``train.module.TokenData``).
 """
 
 from __future__ import annotations
@@ -145,8 +146,10 @@ class TokenDataModule(L.LightningDataModule):
         gpt = getattr(module, "gpt", None)
         if gpt is not None:
             check_against_model(self.meta, h.block_size, gpt)
-        if hasattr(module, "set_token_bytes"):  # for val/bpb
-            module.set_token_bytes(torch.from_numpy(load_tokenizer(h.tokenizer).token_bytes()))
+
+    def token_bytes(self) -> torch.Tensor:
+        """(vocab_size,) the bytes of text each token id stands for (for bits per byte)."""
+        return torch.from_numpy(load_tokenizer(self.hparams.tokenizer).token_bytes())
 
     # --- loaders --------------------------------------------------------------------------------
 

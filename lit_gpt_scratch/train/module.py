@@ -1,12 +1,13 @@
 """LitGPT: the LightningModule around the GPT (loss, optimizer groups, schedule, metrics).
 
-It knows nothing of files: batches arrive as (B, block_size + 1) windows of token ids.
+It knows nothing of files: batches arrive as (B, block_size + 1) windows of token ids, and
+what else it asks of the data module is the ``TokenData`` interface below.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -15,12 +16,26 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric, SumMetric
 
-from lit_gpt_scratch.errors import Diverged, UserError
+from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.train.distributed import all_reduce, unwrapped_name, world_size
+from lit_gpt_scratch.train.divergence import DivergenceGuard
 from lit_gpt_scratch.train.optimizers import AdamW, skips_on_device
 from lit_gpt_scratch.train.rng import all_ranks_rng_states, restore_rank_rng_states
 from lit_gpt_scratch.train.schedules import WarmupCosineLR, apply_configured, configured_settings
+
+
+@runtime_checkable
+class TokenData(Protocol):
+    """What LitGPT asks of a data module that offers it (``data.TokenDataModule`` does; any
+    other LightningDataModule trains too, without exact resume and without ``val/bpb``)."""
+
+    def mark_batch_consumed(self) -> None:
+        """Count one training batch as trained on: the data position checkpoints save counts
+        these, not the batches the loader prefetched."""
+
+    def token_bytes(self) -> torch.Tensor:
+        """(vocab_size,) the bytes of text each token id stands for, for bits per byte."""
 
 
 class LitGPT(L.LightningModule):
@@ -86,15 +101,12 @@ class LitGPT(L.LightningModule):
         # stand for). Comparable across tokenizers, unlike the loss per token.
         self.val_nats, self.val_bytes = SumMetric(), SumMetric()
         self.test_nats, self.test_bytes = SumMetric(), SumMetric()
-        self.register_buffer("token_bytes", None, persistent=False)  # (vocab,), set_token_bytes
+        self.register_buffer("token_bytes", None, persistent=False)  # (vocab,), from TokenData
+        self._token_data: TokenData | None = None  # the data module, when it offers TokenData
         self._rng_states_to_restore: list[dict] | None = None
         self._resumed = False
         self._configured: dict | None = None  # configured_settings, put back over a resume's
-        self.nonfinite, self.max_consecutive_skips = nonfinite, max_consecutive_skips
-        self.consecutive_skips = 0
-        self.skipped_steps = 0
-        self._pending_checks: list[tuple[int, torch.Tensor]] = []  # (step, non-finite flag)
-        self._skips_to_log = False
+        self.divergence = DivergenceGuard(nonfinite, max_consecutive_skips)
         self._grad_norm: torch.Tensor | None = None  # this step's, before clipping
 
     def configure_model(self) -> None:
@@ -117,23 +129,25 @@ class LitGPT(L.LightningModule):
         _, loss = self.gpt(x, y)  # fp32 cross-entropy
         return loss
 
+    def setup(self, stage: str) -> None:
+        # Lightning sets the data module up first: its token byte counts are known now.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        self._token_data = datamodule if isinstance(datamodule, TokenData) else None
+        if self._token_data is not None:
+            token_bytes = self._token_data.token_bytes()
+            self.token_bytes = token_bytes.to(dtype=torch.long, device=self.device)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         # The data position saved in checkpoints counts batches trained on, not batches the
         # loader prefetched. Mark it here: a checkpoint saved at this step's end (callbacks
         # run before the module's on_train_batch_end) must already count this batch.
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "mark_batch_consumed"):
-            datamodule.mark_batch_consumed()
+        if self._token_data is not None:
+            self._token_data.mark_batch_consumed()
         loss = self._loss(batch)
         # Not prog_bar=True: Lightning would read it (a host sync) after every step.
         # console.ProgressBar shows it at the logging steps instead.
         self.log("train/loss", loss, on_step=True)
         return loss
-
-    def set_token_bytes(self, token_bytes: torch.Tensor) -> None:
-        """The bytes of text each token id stands for (``Tokenizer.token_bytes``); the data
-        module sets it, and ``val/bpb`` is logged from then on."""
-        self.token_bytes = torch.as_tensor(token_bytes, dtype=torch.long, device=self.device)
 
     def _evaluate(self, batch: torch.Tensor, split: str) -> None:
         loss = self._loss(batch)  # mean over the batch's B x T targets, all counted
@@ -181,7 +195,7 @@ class LitGPT(L.LightningModule):
     # --- exact resume: random number generators, the divergence guard's counts ---------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.check_nonfinite_steps()  # a stopped run saves nothing past its bad step
+        self.divergence.check()  # a stopped run saves nothing past its bad step
         # Diverged weights never replace a good checkpoint.
         bad = first_nonfinite_parameter(self.gpt)
         if bad is not None:
@@ -190,10 +204,10 @@ class LitGPT(L.LightningModule):
                 f"{bad} is not finite (the last checkpoint saved before is kept)"
             )
         checkpoint["rng_states"] = all_ranks_rng_states()  # every rank calls this hook
-        checkpoint["skipped_steps"] = [self.skipped_steps, self.consecutive_skips]
+        checkpoint["skipped_steps"] = self.divergence.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.skipped_steps, self.consecutive_skips = checkpoint.get("skipped_steps", [0, 0])
+        self.divergence.load_state_dict(checkpoint.get("skipped_steps", [0, 0]))
         # Restored at the first resumed batch, not now: between loading and that batch
         # Lightning draws from the generators (a DataLoader iterator takes its base seed).
         self._rng_states_to_restore = checkpoint.get("rng_states")
@@ -222,7 +236,7 @@ class LitGPT(L.LightningModule):
                 rank_zero_warn("the checkpoint's random states are from another world size")
             self._rng_states_to_restore = None
 
-    # --- gradient norm and the divergence guard -------------------------------------------------
+    # --- gradient norm and the divergence guard (train/divergence.py) --------------------------
 
     def on_before_optimizer_step(self, optimizer) -> None:
         optimizer.__dict__.pop("found_inf", None)  # last step's flag (a GradScaler sets its own)
@@ -247,14 +261,14 @@ class LitGPT(L.LightningModule):
         bad = (~torch.isfinite(norm)).float()  # () 1.0: skip this update
         if world_size() > 1 and not isinstance(self.trainer.strategy, (DDPStrategy, FSDPStrategy)):
             bad = all_reduce(bad, "max")
-        self._pending_checks.append((self.trainer.global_step, bad))
+        self.divergence.record(self.trainer.global_step, bad)
         if skips_on_device(optimizer):
             optimizer.found_inf = bad  # the fused kernel skips the update when it is 1
             return
         # Any other optimizer: read the flag now (one host sync per step) and skip by hand.
         # AdamW leaves a parameter whose gradient is None untouched: no update, no moment
         # decay, no weight decay. The scheduler and the step count still advance.
-        if self.check_nonfinite_steps():
+        if self.divergence.check():
             for param_group in optimizer.param_groups:
                 for p in param_group["params"]:
                     p.grad = None
@@ -287,43 +301,13 @@ class LitGPT(L.LightningModule):
         # The flags are read when Lightning reads its logged metrics anyway (one host sync per
         # log_every_n_steps), and before any checkpoint is saved (on_save_checkpoint).
         if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.check_nonfinite_steps()
-        if self._skips_to_log:  # here: on_save_checkpoint, which may read them, cannot log
-            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
-            self._skips_to_log = False
+            self.divergence.check()
+        if self.divergence.skips_to_log:  # here: on_save_checkpoint, which reads them, cannot log
+            self.log("train/skipped_steps", float(self.divergence.skipped_steps), on_step=True)
+            self.divergence.skips_to_log = False
 
     def on_train_end(self) -> None:
-        self.check_nonfinite_steps()
-
-    def check_nonfinite_steps(self) -> bool:
-        """Read the steps' pending non-finite flags: count skips, warn, and raise ``Diverged``
-        under ``nonfinite: stop`` or after too many in a row. True if the newest was skipped."""
-        if not self._pending_checks:
-            return False
-        steps = [step for step, _ in self._pending_checks]
-        flags = torch.stack([bad for _, bad in self._pending_checks]).tolist()  # one sync
-        self._pending_checks.clear()
-        skipped = [step for step, bad in zip(steps, flags, strict=True) if bad]
-        for step, bad in zip(steps, flags, strict=True):
-            self.consecutive_skips = self.consecutive_skips + 1 if bad else 0
-            if bad and (
-                self.nonfinite == "stop" or self.consecutive_skips > self.max_consecutive_skips
-            ):
-                why = (
-                    "model.nonfinite is stop"
-                    if self.nonfinite == "stop"
-                    else f"{self.consecutive_skips} steps in a row"
-                )
-                raise Diverged(
-                    f"non-finite gradient norm at step {step} ({why}): the update was skipped, "
-                    "the run stopped, and its checkpoints hold weights from before that step"
-                )
-        if skipped:
-            self.skipped_steps += len(skipped)
-            self._skips_to_log = True
-            listed = ", ".join(map(str, skipped))
-            rank_zero_warn(f"non-finite gradient norm at step {listed}: update skipped")
-        return bool(flags[-1])
+        self.divergence.check()
 
     def configure_optimizers(self):
         optimizer, scheduler = self.build_optimizer(self.trainer.estimated_stepping_batches)

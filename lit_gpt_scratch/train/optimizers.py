@@ -23,7 +23,7 @@ class AdamW(torch.optim.AdamW):
     ``fused=True`` (the default) updates every parameter in one kernel on CUDA and on CPU: on
     the 2-core CPU a 27M-parameter step takes 12 ms fused against 77 ms with ``foreach``
     (BENCHMARKS.md). It also lets the divergence guard skip a step on the device, without a
-    host sync (``LitGPT.nonfinite``). ``fused=False`` uses the ``foreach`` implementation.
+    host sync (``train/divergence.py``). ``fused=False`` uses the ``foreach`` implementation.
     """
 
     def __init__(
