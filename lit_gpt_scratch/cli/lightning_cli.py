@@ -25,6 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegi
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lit_gpt_scratch.cli.resume_checks import NothingToTrain, check_resume
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.errors import UserError, check_above, check_at_least, one_line
 from lit_gpt_scratch.files import FolderLock, remove_stale
@@ -44,7 +45,6 @@ from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_light
 from lit_gpt_scratch.train.host_memory import keep_freed_memory
 from lit_gpt_scratch.train.module import LitGPT
 from lit_gpt_scratch.train.preemption import StopOnSignal, handlers_kept_until_done
-from lit_gpt_scratch.train.resume_checks import NothingToTrain, check_resume
 from lit_gpt_scratch.train.run_folders import (
     RunFolder,
     forget_new_runs,
