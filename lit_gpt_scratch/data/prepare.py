@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import inspect
-import json
 import logging
 import multiprocessing
 import os
@@ -40,9 +39,18 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_gpt_scratch.data.data_dir import (
+    STATE,
+    already_prepared,
+    read_json,
+    refuse_foreign_files,
+    refuse_if_other_run,
+    remove_outputs,
+    roll_back_to_checkpoint,
+    write_json,
+)
 from lit_gpt_scratch.data.shards import (
     META,
-    SHARD_RE,
     SPLITS,
     ShardWriter,
     refuse_file_as_data_dir,
@@ -61,13 +69,12 @@ from lit_gpt_scratch.data.tokenize import (
     tokenize_in_worker,
 )
 from lit_gpt_scratch.errors import UserError
-from lit_gpt_scratch.files import LOCK_NAME, FolderLock, is_temporary, sync_folder, write_atomic
+from lit_gpt_scratch.files import FolderLock, sync_folder
 from lit_gpt_scratch.tokenizer.encodings import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-STATE = "prepare_state.json"
 CHECKPOINT_SECONDS = 5.0  # how often progress is made durable, at most
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 COUNTERS = ("bytes", "invalid_utf8", "lookalikes", "empty", "train_documents", "val_documents")
@@ -118,21 +125,21 @@ def prepare(
     refuse_file_as_data_dir(out)
     run_settings = {**settings, "chunk_bytes": plan.chunk_bytes}  # chunk indices depend on it
     # Every check of what is there reads only: a complete directory is used as it is.
-    meta = _read_json(out / META)
+    meta = read_json(out / META)
     if meta is not None:
-        return _already_prepared(out, meta, settings, block_size)
-    _refuse_if_other_run(out, run_settings)
-    _refuse_foreign_files(out)
+        return already_prepared(out, meta, settings, block_size)
+    refuse_if_other_run(out, run_settings)
+    refuse_foreign_files(out)
     created = not out.exists()
     # There is work to do: one prepare at a time (another one would interleave its writes).
     lock = FolderLock(out, f"data_dir {out}")
     lock.acquire()
     try:
-        meta = _read_json(out / META)
+        meta = read_json(out / META)
         if meta is not None:  # another prepare completed it just before we took the lock
             lock.remove_and_release()
-            return _already_prepared(out, meta, settings, block_size)
-        state = _refuse_if_other_run(out, run_settings)
+            return already_prepared(out, meta, settings, block_size)
+        state = refuse_if_other_run(out, run_settings)
         writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
         run = _Run(out, tok, writers, val_fraction, run_settings, state)
         try:
@@ -143,17 +150,17 @@ def prepare(
                 for w in writers.values():
                     w.close()
         except UserError:  # bad input: leave nothing behind. A kill or Ctrl-C keeps it for resume.
-            _remove_outputs(out, remove_dir=created, lock=lock)
+            remove_outputs(out, remove_dir=created, lock=lock)
             raise
         except OSError as e:
             if e.errno not in OUT_OF_SPACE:
                 raise
             # Give the space back: a fresh run leaves nothing, a resumed one its last checkpoint.
             if state is None:
-                _remove_outputs(out, remove_dir=created, lock=lock)
+                remove_outputs(out, remove_dir=created, lock=lock)
                 then = "prepare again"
             else:
-                _roll_back_to_checkpoint(out, shard_tokens, tok.dtype)
+                roll_back_to_checkpoint(out, shard_tokens, tok.dtype)
                 then = "run the same command again to continue from its last checkpoint"
             raise UserError(
                 f"{e.filename or out}: {e.strerror}: free some space (or choose another "
@@ -163,39 +170,6 @@ def prepare(
         return meta
     finally:
         lock.release()
-
-
-def _already_prepared(out: Path, meta: dict, settings: dict, block_size: int) -> dict:
-    _refuse_if_changed(out, meta["settings"], settings)
-    _check_complete(out, meta, block_size)
-    for name in (STATE, LOCK_NAME):  # left if killed between meta.json and cleanup
-        if (out / name).exists():
-            with contextlib.suppress(OSError):  # e.g. a read-only mount: harmless, meta.json rules
-                (out / name).unlink()
-    log.info("%s is already prepared with these settings: nothing to do", out)
-    return meta
-
-
-def _roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype) -> None:
-    """Cut the shards back to the last checkpoint on disk, as a rerun would, and drop the
-    temporary files written since."""
-    state = _read_json(out / STATE)
-    for tmp in _json_temporaries(out):
-        tmp.unlink(missing_ok=True)
-    if state is None:
-        return
-    for split in SPLITS:
-        writer = ShardWriter(out, split, shard_tokens, dtype)
-        writer.resume_at(state["tokens"][split])
-        writer.close()
-
-
-def _refuse_if_other_run(out: Path, run_settings: dict) -> dict | None:
-    """The checkpoint of an interrupted run, refused if it was made with other settings."""
-    state = _read_json(out / STATE)
-    if state is not None:
-        _refuse_if_changed(out, state["settings"], run_settings)
-    return state
 
 
 def prepare_from_config(data: dict, progress: bool = True) -> dict:
@@ -229,7 +203,7 @@ class _Run:
         self.out, self.tok, self.writers, self.settings = out, tok, writers, settings
         self.val_fraction = val_fraction
         if state is None:
-            _remove_outputs(out, remove_dir=False)  # strays from a run killed before its 1st sync
+            remove_outputs(out, remove_dir=False)  # strays from a run killed before its 1st sync
             self.next_chunk = 0
             self.counters = dict.fromkeys(COUNTERS, 0)
             self.binary_files: list[str] = []  # found binary by the workers, past the probe
@@ -315,7 +289,7 @@ class _Run:
             "counters": self.counters,
             "binary_files": self.binary_files,
         }
-        write_json_atomic(self.out / STATE, state)
+        write_json(self.out / STATE, state)
 
     def finish(self, sources: list[str], block_size: int, skipped_binary: list[str]) -> dict:
         if self.documents == 0:
@@ -350,7 +324,7 @@ class _Run:
             },
             "settings": settings,
         }
-        write_json_atomic(self.out / META, meta)  # the directory is complete from here on
+        write_json(self.out / META, meta)  # the directory is complete from here on
         (self.out / STATE).unlink(missing_ok=True)
         self._report(meta, skipped_binary, block_size)
         return meta
@@ -434,104 +408,6 @@ def _progress_bar(total: int | None, initial: int, enabled: bool):
         file=sys.stderr,
         dynamic_ncols=True,
     )
-
-
-# --- the data directory --------------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"{path}: unreadable ({e}); delete {path.parent} and prepare again"
-        ) from None
-
-
-def _own_file(name: str) -> bool:
-    return (
-        bool(SHARD_RE.match(name))
-        or _is_json_temporary(name)
-        or name
-        in (
-            META,
-            STATE,
-            LOCK_NAME,  # left by a killed run; a finished one removes it
-        )
-    )
-
-
-def _is_json_temporary(name: str) -> bool:
-    """A temporary file of ``write_json_atomic`` (``.meta.json.<pid>.tmp``)."""
-    return is_temporary(Path(name)) and name.startswith((f".{META}.", f".{STATE}."))
-
-
-def _json_temporaries(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if _is_json_temporary(p.name)] if out.is_dir() else []
-
-
-def _refuse_foreign_files(out: Path) -> None:
-    foreign = sorted(n for n in os.listdir(out) if not _own_file(n)) if out.exists() else []
-    if foreign:
-        raise UserError(
-            f"data_dir {out} holds files prepare did not write (e.g. {foreign[0]}): "
-            "choose an empty or new directory"
-        )
-
-
-def _remove_outputs(out: Path, remove_dir: bool, lock: FolderLock | None = None) -> None:
-    """Remove what prepare wrote; the lock file only with ``lock``, held by this process."""
-    if out.is_dir():
-        for name in os.listdir(out):
-            if _own_file(name) and (name != LOCK_NAME or lock is not None):
-                (out / name).unlink()
-    if remove_dir and out.is_dir() and not os.listdir(out):
-        out.rmdir()
-
-
-def _refuse_if_changed(out: Path, before: dict, now: dict) -> None:
-    changed = [k for k in now if before.get(k) != now[k]]
-    if not changed:
-        return
-    key = changed[0]
-    if key == "manifest":
-        what = "the source files changed (size or modification time) since"
-    else:
-        what = f"{key} was {_shown(before.get(key))}, now {_shown(now[key])}"
-    raise UserError(
-        f"data_dir {out} was prepared with other settings ({what}): use another "
-        f"--data.data_dir, or delete {out} to prepare it again"
-    )
-
-
-def _shown(value) -> str:
-    # A ranks file's identity is its digest: say so rather than print 64 hex digits.
-    if isinstance(value, str) and value.startswith("sha256:"):
-        return f"the ranks file with sha256 {value[7:19]}…"
-    return repr(value)
-
-
-def _check_complete(out: Path, meta: dict, block_size: int) -> None:
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for shards in meta["splits"].values():
-        for shard in shards:
-            path = out / shard["file"]
-            if not path.is_file() or path.stat().st_size != shard["tokens"] * itemsize:
-                raise UserError(
-                    f"{path} is missing or has the wrong size for meta.json: "
-                    f"delete {out} and prepare again"
-                )
-    if meta["tokens"]["train"] < block_size + 1:
-        raise UserError(
-            f"{out} holds {meta['tokens']['train']} train tokens, fewer than one window of "
-            f"block_size + 1 = {block_size + 1}"
-        )
 
 
 def _normalize_source(source: str) -> str:

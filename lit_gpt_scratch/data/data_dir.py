@@ -1,0 +1,154 @@
+"""The data directory ``prepare`` writes: what it may hold, how it is read and checked, and how
+a failed run takes back what it wrote.
+
+    data_dir/  train_NNNNNN.bin, val_NNNNNN.bin   the shards (``shards.py``)
+               meta.json                          written last: the directory is complete
+               prepare_state.json                 an unfinished run's checkpoint
+               .lock                              held while a prepare writes (``files.FolderLock``)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lit_gpt_scratch.data.shards import META, SHARD_RE, SPLITS, ShardWriter
+from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.files import LOCK_NAME, FolderLock, is_temporary, write_atomic
+
+log = logging.getLogger(__name__)
+
+STATE = "prepare_state.json"
+
+
+def already_prepared(out: Path, meta: dict, settings: dict, block_size: int) -> dict:
+    refuse_if_changed(out, meta["settings"], settings)
+    check_complete(out, meta, block_size)
+    for name in (STATE, LOCK_NAME):  # left if killed between meta.json and cleanup
+        if (out / name).exists():
+            with contextlib.suppress(OSError):  # e.g. a read-only mount: harmless, meta.json rules
+                (out / name).unlink()
+    log.info("%s is already prepared with these settings: nothing to do", out)
+    return meta
+
+
+def roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype) -> None:
+    """Cut the shards back to the last checkpoint on disk, as a rerun would, and drop the
+    temporary files written since."""
+    state = read_json(out / STATE)
+    for tmp in _json_temporaries(out):
+        tmp.unlink(missing_ok=True)
+    if state is None:
+        return
+    for split in SPLITS:
+        writer = ShardWriter(out, split, shard_tokens, dtype)
+        writer.resume_at(state["tokens"][split])
+        writer.close()
+
+
+def refuse_if_other_run(out: Path, run_settings: dict) -> dict | None:
+    """The checkpoint of an interrupted run, refused if it was made with other settings."""
+    state = read_json(out / STATE)
+    if state is not None:
+        refuse_if_changed(out, state["settings"], run_settings)
+    return state
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path}: unreadable ({e}); delete {path.parent} and prepare again"
+        ) from None
+
+
+def _own_file(name: str) -> bool:
+    return (
+        bool(SHARD_RE.match(name))
+        or _is_json_temporary(name)
+        or name
+        in (
+            META,
+            STATE,
+            LOCK_NAME,  # left by a killed run; a finished one removes it
+        )
+    )
+
+
+def _is_json_temporary(name: str) -> bool:
+    """A temporary file of ``write_json`` (``.meta.json.<pid>.tmp``)."""
+    return is_temporary(Path(name)) and name.startswith((f".{META}.", f".{STATE}."))
+
+
+def _json_temporaries(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if _is_json_temporary(p.name)] if out.is_dir() else []
+
+
+def refuse_foreign_files(out: Path) -> None:
+    foreign = sorted(n for n in os.listdir(out) if not _own_file(n)) if out.exists() else []
+    if foreign:
+        raise UserError(
+            f"data_dir {out} holds files prepare did not write (e.g. {foreign[0]}): "
+            "choose an empty or new directory"
+        )
+
+
+def remove_outputs(out: Path, remove_dir: bool, lock: FolderLock | None = None) -> None:
+    """Remove what prepare wrote; the lock file only with ``lock``, held by this process."""
+    if out.is_dir():
+        for name in os.listdir(out):
+            if _own_file(name) and (name != LOCK_NAME or lock is not None):
+                (out / name).unlink()
+    if remove_dir and out.is_dir() and not os.listdir(out):
+        out.rmdir()
+
+
+def refuse_if_changed(out: Path, before: dict, now: dict) -> None:
+    changed = [k for k in now if before.get(k) != now[k]]
+    if not changed:
+        return
+    key = changed[0]
+    if key == "manifest":
+        what = "the source files changed (size or modification time) since"
+    else:
+        what = f"{key} was {_shown(before.get(key))}, now {_shown(now[key])}"
+    raise UserError(
+        f"data_dir {out} was prepared with other settings ({what}): use another "
+        f"--data.data_dir, or delete {out} to prepare it again"
+    )
+
+
+def _shown(value) -> str:
+    # A ranks file's identity is its digest: say so rather than print 64 hex digits.
+    if isinstance(value, str) and value.startswith("sha256:"):
+        return f"the ranks file with sha256 {value[7:19]}…"
+    return repr(value)
+
+
+def check_complete(out: Path, meta: dict, block_size: int) -> None:
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for shards in meta["splits"].values():
+        for shard in shards:
+            path = out / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * itemsize:
+                raise UserError(
+                    f"{path} is missing or has the wrong size for meta.json: "
+                    f"delete {out} and prepare again"
+                )
+    if meta["tokens"]["train"] < block_size + 1:
+        raise UserError(
+            f"{out} holds {meta['tokens']['train']} train tokens, fewer than one window of "
+            f"block_size + 1 = {block_size + 1}"
+        )
