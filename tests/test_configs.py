@@ -1,0 +1,109 @@
+"""Each config in configs/ that copies another resolves to exactly that base plus its delta.
+
+jsonargparse has no way for one config file to include another and override parts of its
+sections: a ``config: base.yaml`` key inside a file is applied, but a section written after it
+(``trainer:``) replaces the base's whole section instead of merging into it, and dotted keys
+into ``class_path``/``init_args`` specs are refused. So the copies stay whole files (each runs
+with one ``--config``), and this test holds each to what it claims to be: its
+``--print_config`` equals that of its bases layered with ``--config``, plus its delta. A change
+to 124m.yaml that is not made in 350m.yaml too (or is not meant for it: then add it to the
+delta here) fails here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BASES = ("tiny", "124m")  # whole configs of their own
+# copy: (the configs it is built from, layered in this order; what it changes, as YAML)
+COPIES = {
+    "350m": (
+        ["124m"],
+        """
+        trainer: {logger: {init_args: {name: 350m}}}
+        model:
+          gpt: {init_args: {n_layer: 24, n_head: 16, d_model: 1024}}
+          optimizer: {init_args: {lr: 3.0e-4}}
+          lr_scheduler: {init_args: {min_lr: 3.0e-5}}
+        data: {batch_size: 8}
+        """,
+    ),
+    "774m": (
+        ["124m"],
+        """
+        trainer: {logger: {init_args: {name: 774m}}}
+        model:
+          gpt: {init_args: {n_layer: 36, n_head: 20, d_model: 1280}}
+          optimizer: {init_args: {lr: 2.5e-4}}
+          lr_scheduler: {init_args: {min_lr: 2.5e-5}}
+        data: {batch_size: 4}
+        """,
+    ),
+    "1558m": (
+        ["124m"],
+        """
+        trainer: {logger: {init_args: {name: 1558m}}}
+        model:
+          gpt: {init_args: {n_layer: 48, n_head: 25, d_model: 1600}}
+          optimizer: {init_args: {lr: 2.0e-4}}
+          lr_scheduler: {init_args: {min_lr: 2.0e-5}}
+        data: {batch_size: 2}
+        """,
+    ),
+    # Llama's MLP width (multiple_of 256: hidden 2048), not the overlay's 64; no biases at all
+    "llama-124m": (
+        ["124m", "overlays/rope", "overlays/rmsnorm", "overlays/swiglu"],
+        """
+        trainer: {logger: {init_args: {name: llama-124m}}}
+        model:
+          gpt:
+            init_args:
+              attention: {init_args: {bias: false}}
+              mlp: {init_args: {multiple_of: 256}}
+        """,
+    ),
+    "124m-modern": (
+        ["124m", "overlays/modern"],
+        """
+        trainer: {logger: {init_args: {name: 124m-modern}}}
+        model:
+          optimizer: {init_args: {adamw_lr: 4.0e-3}}
+          lr_scheduler: {init_args: {warmup_steps: 200, decay_fraction: 0.3, min_lr: 0.0}}
+        """,
+    ),
+    "tiny-modern": (
+        ["tiny", "overlays/modern"],
+        """
+        trainer: {logger: {init_args: {name: tiny-modern}}}
+        """,
+    ),
+}
+
+
+def test_every_config_is_a_base_or_a_copy_with_its_delta_here():
+    configs = {path.stem for path in CONFIGS.glob("*.yaml")}
+    assert configs == {*BASES, *COPIES}, "a new config: add it to BASES or COPIES"
+
+
+def resolved(cli, *configs: str) -> str:
+    result = cli("fit", *(f"--config={c}" for c in configs), "--print_config")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("copy", COPIES, ids=str)
+def test_each_copy_is_its_bases_plus_its_delta(copy, cli):
+    bases, delta = COPIES[copy]
+    delta = textwrap.dedent(delta)
+    claimed = resolved(cli, *(str(CONFIGS / f"{base}.yaml") for base in bases), delta)
+    actual = resolved(cli, str(CONFIGS / f"{copy}.yaml"))
+    claim = " + ".join(f"{base}.yaml" for base in bases) + " + its delta in tests/test_configs.py"
+    diff = "".join(difflib.unified_diff(
+        claimed.splitlines(keepends=True), actual.splitlines(keepends=True), claim, f"{copy}.yaml"
+    ))  # fmt: skip
+    assert not diff, f"configs/{copy}.yaml is no longer {claim}:\n{diff}"
