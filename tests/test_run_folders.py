@@ -5,6 +5,7 @@ folder the one before left, rather than leaving one more behind each time."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -102,3 +103,50 @@ def test_restarts_before_the_first_checkpoint_reuse_the_empty_run_folder(tmp_pat
     assert "holds no checkpoint yet" in done.stderr
     # the events of the killed tries were dropped: the curve is the uninterrupted run's
     assert losses(root / "version_0") == losses(tmp_path / "whole/checkpoints/tiny/version_0")
+
+
+def test_a_checkpoint_from_outside_the_configs_runs_continues_in_a_new_folder_and_says_so(
+    tmp_path, corpus
+):
+    """A run folder moved away and resumed by its path: the run went on in a new folder with
+    no word but Lightning's own warning about its internals ("The dirpath has changed")."""
+    args = small_run_args(corpus, tmp_path / "data", **{"checkpoint.every_n_train_steps": "2"})
+    work = tmp_path / "work"
+    assert fit(work, args, "--trainer.max_steps=2").returncode == 0
+    moved = tmp_path / "moved"
+    (work / "checkpoints/tiny/version_0").rename(moved)
+    last = moved / "checkpoints/last.ckpt"
+    resumed = fit(work, args, "--trainer.max_steps=4", f"--ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        f"{last} is not in one of this config's runs (under checkpoints/tiny): training "
+        "continues in a new run folder, its curves starting at the checkpoint's step"
+    ) in resumed.stderr
+    assert "dirpath has changed" not in resumed.stderr
+    assert [s for s, _ in losses(work / "checkpoints/tiny/version_0")] == [2, 3]
+
+
+def test_a_run_folder_removed_while_training_stops_the_run_in_one_line(tmp_path, corpus):
+    """Before: 140 lines of tracebacks from TensorBoard's writer thread and Lightning, and no
+    error: line; a save could also re-create the folder holding that checkpoint alone."""
+    args = small_run_args(corpus, tmp_path / "data", **{"checkpoint.every_n_train_steps": "2"})
+    work = tmp_path / "work"
+    work.mkdir()
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lit_gpt_scratch", "fit", *args, "--trainer.max_steps=6",
+         pause_at(tmp_path, 3)],
+        cwd=work, env={**os.environ, "PYTHONPATH": path}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for(tmp_path / "reached", proc)
+    run = work / "checkpoints/tiny/version_0"
+    shutil.rmtree(run)
+    (tmp_path / "go").touch()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "error: run folder checkpoints/tiny/version_0 was removed while this run wrote to it: "
+        "stopped; its checkpoints went with it"
+    )
+    assert "Traceback" not in stderr and not run.exists()

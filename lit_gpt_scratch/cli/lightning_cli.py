@@ -11,9 +11,11 @@ device count) and ``val_every_n_steps``. ``data.block_size`` is linked to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
@@ -166,8 +168,15 @@ class LitGPTCLI(LightningCLI):
         if self.config.subcommand == "fit":  # Lightning will resume its training state
             check_resume(ckpt, path, config, sharded=is_sharded(path))
         run = run_of_checkpoint(path, root) if root else None
-        if self.config.subcommand != "fit" or run is None:
-            return None  # evaluating, or a checkpoint from elsewhere: a new run folder
+        if self.config.subcommand != "fit":
+            return None  # evaluating: a new run folder
+        if run is None:
+            where = f"one of this config's runs (under {root})" if root else "a run folder"
+            rank_zero_info(
+                f"{path} is not in {where}: training continues in a new run folder, its "
+                "curves starting at the checkpoint's step"
+            )
+            return None
         self.resume_step = self.purge_step = int(ckpt["global_step"])  # its first batch's step
         # config.yaml stays the run's first; each resume saves its own config beside it.
         self.save_config_kwargs = {
@@ -345,13 +354,22 @@ class LitGPTCLI(LightningCLI):
 
 class _RunFolderKept(Callback):
     """From the start of the run's loop on, a new run folder is kept, whatever comes next;
-    before it, a failure takes the folder away (run_folders.forget_new_runs)."""
+    before it, a failure takes the folder away (run_folders.forget_new_runs). A run folder
+    removed while training stops the run in one line, before a save re-creates it half-empty
+    (or TensorBoard's writer fails on it with a traceback)."""
+
+    _folder: Path | None = None
 
     def _keep(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             forget_new_runs(remove=False)
+        self._folder = Path(trainer.log_dir) if trainer.logger and trainer.log_dir else None
 
     on_train_start = on_validation_start = on_test_start = on_predict_start = _keep
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._folder is not None and trainer.is_global_zero and not self._folder.is_dir():
+            raise UserError(removed_run_message(self._folder))
 
 
 def best_checkpoint(root: Path | None, dirpath: Path | None) -> Path:
@@ -421,9 +439,14 @@ def run(args: list[str]) -> int:
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     started = False
     try:
-        with handlers_kept_until_done():
+        with handlers_kept_until_done(), _quiet_writer_of_a_removed_run():
             cli = _run_cli()
         started = True
+    except FileNotFoundError:
+        folder = _removed_run_folder()
+        if folder is None:
+            raise
+        raise UserError(removed_run_message(folder)) from None
     except NothingToTrain as e:  # a finished run resumed again (a requeue): done, say so
         rank_zero_only(print)(e, file=sys.stderr)
         return 0
@@ -446,6 +469,37 @@ def run(args: list[str]) -> int:
     stoppers = [c for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)]
     stopped_by = next((c.stopped_by for c in stoppers if c.stopped_by), None)
     return 128 + stopped_by if stopped_by else 0
+
+
+def removed_run_message(folder: Path) -> str:
+    return (
+        f"run folder {folder} was removed while this run wrote to it: stopped; its "
+        "checkpoints went with it"
+    )
+
+
+def _removed_run_folder() -> Path | None:
+    """The run folder this command holds, if it no longer exists."""
+    folders = [lock.folder for lock in _HELD_LOCKS]
+    return next((f for f in folders if not f.exists()), None)
+
+
+@contextlib.contextmanager
+def _quiet_writer_of_a_removed_run():
+    """TensorBoard writes its events from a thread of its own: when the run folder is removed
+    under it, that thread dies with a traceback of its own. The main thread reports that in
+    one line (``removed_run_message``); the thread's traceback is left out."""
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if not (issubclass(args.exc_type, FileNotFoundError) and _removed_run_folder()):
+            default(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = default
 
 
 def _release_run_folders(failed: bool) -> None:

@@ -26,6 +26,7 @@ SILENCED_LOG_PREFIXES = ("💡 Tip:", "Trainer already configured with model sum
 SILENCED_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's _pytree on torch 2.13
     r"Checkpoint directory .* exists and is not empty",  # a resume continues its own folder
+    r"The dirpath has changed from",  # a resume from outside the runs: the CLI says so itself
 )
 
 
