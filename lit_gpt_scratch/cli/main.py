@@ -90,7 +90,7 @@ def function_command(
             prog=f"lit-gpt-scratch {name}",
             exit_on_error=False,
             allow_abbrev=False,
-            description=function.__doc__.split("\n")[0],
+            description=" ".join(function.__doc__.split("\n\n")[0].split()),
         )
         parser.add_argument(
             "--config", action=ActionConfigFile, help="YAML config; may be repeated"

@@ -318,7 +318,7 @@ class LitGPT(L.LightningModule):
         }
 
     def build_optimizer(self, total_steps: int):
-        """The optimizer over two param groups, and its scheduler set to ``total_steps``."""
+        """The optimizer over the three param groups, and its scheduler set to ``total_steps``."""
         optimizer = self.optimizer_factory(param_groups(self.gpt, self.param_roles))
         scheduler = self.scheduler_factory(optimizer)
         if hasattr(scheduler, "set_total_steps"):
@@ -364,8 +364,8 @@ def parameter_roles(gpt: torch.nn.Module) -> dict[str, str]:
 
 def param_groups(gpt: torch.nn.Module, roles: dict[str, str] | None = None) -> list[dict]:
     """Three groups, each tagged with its ``role`` for optimizers that treat them apart
-    (``optim.Muon``): the blocks' weight matrices, the embeddings and the head, both decayed,
-    and the vectors (no decay). ``roles``: ``parameter_roles`` of the model before it was
+    (``optimizers.Muon``): the blocks' weight matrices, the embeddings and the head, both
+    decayed, and the vectors (no decay). ``roles``: ``parameter_roles`` of the model before it was
     wrapped (FSDP); by default, of ``gpt`` as it is."""
     roles = parameter_roles(gpt) if roles is None else roles
     groups: dict[str, list] = {"matrix": [], "embedding": [], "vector": []}
