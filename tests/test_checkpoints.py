@@ -4,6 +4,7 @@ skipped, and a checkpoint of another architecture is refused naming the paramete
 from __future__ import annotations
 
 import signal
+import zipfile
 
 import pytest
 import torch
@@ -41,16 +42,38 @@ def test_the_last_checkpoints_are_kept(tmp_path, cli, keep):
     assert not list(folder.glob("*.tmp"))
 
 
-def test_damaged_last_is_named_set_aside_and_the_one_before_resumed(tmp_path, cli, caplog):
+def flip_a_bit_in_the_largest_record(path) -> None:
+    """One bit of the file's largest tensor (a weight or an optimizer moment) flipped: the
+    zip stays valid and torch.load reads it, only the record's CRC-32 tells."""
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    data[record.header_offset + 30 + len(record.filename) + record.file_size // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [("truncated", "is unreadable or truncated"), ("a bit flipped", "fails its checksum")],
+)
+def test_damaged_last_is_named_set_aside_and_the_one_before_resumed(
+    tmp_path, cli, caplog, damage, message
+):
+    """A flipped bit was resumed from without a word: the optimizer state or the weights
+    slightly wrong from then on."""
     args = run_args(tmp_path)
     assert cli("fit", *args).returncode == 0
     folder = ckpt_dir(tmp_path)
     last = folder / "last.ckpt"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # truncated
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
+    else:
+        flip_a_bit_in_the_largest_record(last)
+        torch.load(last, map_location="cpu", weights_only=True)  # loads without a word
     result = cli("fit", *args, "--trainer.max_steps=10", "--ckpt_path=last")
     assert result.returncode == 0, result.stderr
     relative = "checkpoints/tiny/version_0/checkpoints"  # as the config's save_dir names it
-    assert f"checkpoint {relative}/last.ckpt is unreadable or truncated" in caplog.text
+    assert f"checkpoint {relative}/last.ckpt" in caplog.text and message in caplog.text
     assert f"resuming from the older {relative}/last-1.ckpt instead" in caplog.text
     assert (folder / "last.ckpt.unreadable").is_file()  # kept for a look, out of the rotation
     assert step_of(folder / "last.ckpt") == 10 and step_of(folder / "last-1.ckpt") == 8

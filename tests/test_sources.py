@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sysconfig
 from pathlib import Path
@@ -62,6 +63,17 @@ def test_directory_is_recursive_sorted_and_skips_hidden_and_binary(tmp_path):
     plan = plan_sources([str(tmp_path)])
     assert documents(plan) == ["one", "two"]
     assert plan.skipped_binary == [str(tmp_path / "c.bin")]
+
+
+def test_a_link_inside_a_source_to_a_file_it_holds_is_read_once(tmp_path, caplog):
+    """Before: read as a second document, so a val document could land in train too."""
+    (tmp_path / "a.txt").write_text("one")
+    (tmp_path / "b.txt").write_text("two")
+    (tmp_path / "c.txt").symlink_to(tmp_path / "a.txt")
+    with caplog.at_level(logging.WARNING):
+        plan = plan_sources([str(tmp_path)])
+    assert documents(plan) == ["one", "two"]
+    assert f"{tmp_path / 'c.txt'} is {tmp_path / 'a.txt'} again (a link): read once" in caplog.text
 
 
 def test_glob_matches_files_and_directories(tmp_path):

@@ -23,6 +23,7 @@ import glob
 import hashlib
 import itertools
 import json
+import logging
 import os
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,8 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from lit_gpt_scratch.errors import UserError, one_line
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20  # text handed to one worker at a time: small chunks balance the tail
 BINARY_PROBE_BYTES = 8192
@@ -196,7 +199,7 @@ def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int 
     skipped: list[str] = []
     manifest = hashlib.sha256()
     parts: list[list[Chunk] | Iterator[Chunk]] = []  # in source order; streams stay lazy
-    listed_by: dict[str, str] = {}  # resolved file -> the source that listed it first
+    listed_by: dict[str, tuple[str, str]] = {}  # resolved file -> the source and path first
     twice = next((s for i, s in enumerate(sources) if s in sources[:i]), None)
     if twice is not None:
         raise UserError(f"data.sources lists {twice!r} twice: list each source once")
@@ -207,13 +210,20 @@ def plan_sources(sources: list[str], text_field: str = "text", chunk_bytes: int 
             continue
         files = _resolve_local(source, skipped)  # (kind, path), kind in text/jsonl/parquet
         named = _is_named_file(source)
-        for _, path in files:  # the same file twice would put its documents in train and val
-            first = listed_by.setdefault(os.path.realpath(path), source)
+        unique = []
+        for kind, path in files:  # the same file twice would put its documents in train and val
+            real = os.path.realpath(path)
+            first, first_path = listed_by.setdefault(real, (source, path))
             if first != source:
                 raise UserError(
                     f"data.sources: {path} of {source!r} is listed by {first!r} too: its "
                     "documents would be read twice, into train and val; list each file once"
                 )
+            if first_path != path:  # a link inside one source to a file it holds already
+                log.warning("data.sources: %s is %s again (a link): read once", path, first_path)
+                continue
+            unique.append((kind, path))
+        files = unique
         for kind, path in files:
             st = os.stat(path)
             manifest.update(f"{kind}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
