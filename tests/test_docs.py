@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import LOREM, log_lines_to_stderr, write_text_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +272,8 @@ def check_command(command: Command, docs_dir: Path, monkeypatch, capsys) -> None
             else ["--sources", corpus, "--out", str(docs_dir.parent / "doc-tok.tiktoken")]
         )
         code, output = run_cli([*args, *extra], capsys)
-        assert code == 0, f"{where}\nrun on a small corpus ({shlex.join(extra)}), exits {code}:\n{output}"
+        ran = f"run on a small corpus ({shlex.join(extra)})"
+        assert code == 0, f"{where}\n{ran}, exits {code}:\n{output}"
 
 
 # --- links ----------------------------------------------------------------------------------
@@ -399,4 +399,3 @@ def test_layout_parser_reads_the_tree():
     listed = layout_modules()
     assert "lit_gpt_scratch/cli/main.py" in listed
     assert "lit_gpt_scratch/errors.py" in listed
-
