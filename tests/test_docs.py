@@ -8,7 +8,7 @@ folder that links ``configs`` to the repository's:
 - ``fit`` / ``validate`` / ``test`` / ``predict`` and the other subcommands: ``--print_config``
   appended, exit code 0 (the whole command line is parsed and checked, nothing runs);
 - ``prepare`` and ``train_tokenizer`` also run for real, on a small corpus this test writes
-  (the sources overridden), and ``--help`` runs as it is;
+  (the sources, and train_tokenizer's output, overridden), and ``--help`` runs as it is;
 - ``python -m lit_gpt_scratch.bench.*``: the benchmark's own ``argparse`` parser reads the
   arguments, then the benchmark stops before doing anything.
 
