@@ -1,1 +1,1 @@
-"""Benchmarks: scripts that print figures; results go to the README / BENCHMARKS.md."""
+"""Benchmarks: scripts that print figures; the figures, with their devices, are in BENCHMARKS.md."""

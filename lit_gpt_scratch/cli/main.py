@@ -34,6 +34,8 @@ TRAINING_SECTIONS = (
     "throughput",
     "samples",
     "preemption",
+    "global_batch_size",
+    "val_every_n_steps",
 )
 
 

@@ -1,1 +1,1 @@
-"""Data: document sources, offline tokenization into token shards, and (later) loading."""
+"""Data: document sources, offline tokenization into token shards, and the training windows."""
