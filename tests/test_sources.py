@@ -173,6 +173,12 @@ def test_parquet_one_row_one_document_across_row_groups(tmp_path):
     assert documents(plan) == texts
 
 
+def test_a_null_in_a_parquet_column_is_an_empty_document_counted_as_one(tmp_path):
+    """Before: dropped without a trace, while prepare counts every other empty document."""
+    write_parquet(tmp_path / "d.parquet", ["a", None, "b"])
+    assert documents(plan_sources([str(tmp_path / "d.parquet")])) == ["a", "", "b"]
+
+
 def test_parquet_missing_column_is_named(tmp_path):
     write_parquet(tmp_path / "d.parquet", ["a"], column="content")
     with pytest.raises(UserError, match=r"d\.parquet: has no column 'text'"):

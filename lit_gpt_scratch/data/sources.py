@@ -149,8 +149,7 @@ class ParquetRowGroup:
         batches = parquet.iter_batches(row_groups=[self.row_group], columns=[self.text_field])
         for batch in batches:
             for text in batch.column(0).to_pylist():
-                if text is not None:
-                    yield Document(text)
+                yield Document(text or "")  # a null: an empty document, counted as one
 
 
 @dataclass(frozen=True)
