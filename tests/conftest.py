@@ -171,3 +171,25 @@ def save_weights_only(path: Path, d_model: int = 32, block_size: int = 32) -> Pa
     }  # fmt: skip
     save_gpt(path, build_gpt(spec), spec, "stdlib-4k")
     return path
+
+
+@pytest.fixture
+def mount_tmpfs():
+    """mount(path, size, *options): a tmpfs of that size on ``path`` (options such as "ro"),
+    unmounted after the test; skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(path: Path, size: str, *options: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        opts = ",".join([f"size={size}", *options])
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True
+        )
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], check=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,27 +20,6 @@ def error_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, result.stderr[-3000:]
     return lines[-1]
-
-
-@pytest.fixture
-def tmpfs():
-    """Mount a tmpfs of a given size on a folder (skipped where mounting is not allowed)."""
-    mounted = []
-
-    def mount(path: Path, size: str, *options: str) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        opts = ",".join([f"size={size}", *options])
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True
-        )
-        if result.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", str(path)], check=True)
 
 
 @pytest.fixture
@@ -99,10 +77,10 @@ def test_a_kill_during_a_save_leaves_a_temporary_that_the_resume_removes(
     assert (step_of(folder / "last.ckpt"), step_of(folder / "last-1.ckpt")) == (8, 6)
 
 
-def test_a_full_checkpoint_disk_names_the_checkpoint_and_leaves_nothing(tmp_path, cli, tmpfs):
+def test_a_full_checkpoint_disk_names_the_checkpoint_and_leaves_nothing(tmp_path, cli, mount_tmpfs):
     """A 1 MB disk, a 1.8 MB checkpoint. Before, the file was copied in from $TMPDIR: half of
     it stayed under its final name, and the error named a /tmp/tmpXXXX file."""
-    tmpfs(tmp_path / "checkpoints", "1m")
+    mount_tmpfs(tmp_path / "checkpoints", "1m")
     result = cli("fit", *run_args(tmp_path))
     line = error_line(result)
     assert line.startswith("error: checkpoint checkpoints/tiny/version_0/checkpoints/step=2")
@@ -111,9 +89,9 @@ def test_a_full_checkpoint_disk_names_the_checkpoint_and_leaves_nothing(tmp_path
 
 
 @pytest.mark.slow
-def test_a_small_tmpdir_does_not_stop_saves(tmp_path, tmpfs, monkeypatch):
+def test_a_small_tmpdir_does_not_stop_saves(tmp_path, mount_tmpfs, monkeypatch):
     """Before, every save went through $TMPDIR first: a 64 KB one failed each."""
-    monkeypatch.setenv("TMPDIR", str(tmpfs(tmp_path / "small", "64k")))
+    monkeypatch.setenv("TMPDIR", str(mount_tmpfs(tmp_path / "small", "64k")))
     result = fit(tmp_path / "run", run_args(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert step_of(ckpt_dir(tmp_path / "run") / "last.ckpt") == 8

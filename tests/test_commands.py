@@ -157,6 +157,22 @@ def test_export_below_a_file_is_one_line(tmp_path, cli):
     assert (tmp_path / "x").read_text() == "mine"
 
 
+def test_export_onto_a_file_or_a_read_only_folder_names_out_dir(tmp_path, cli, mount_tmpfs):
+    """Before: an empty file was "exists and is not empty", and a read-only disk named the
+    hidden temporary folder."""
+    spec = tiny_spec()
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    (tmp_path / "f").write_text("")
+    result = cli("export", f"--ckpt_path={tmp_path / 'm.ckpt'}", f"--out_dir={tmp_path / 'f'}")
+    assert (
+        one_error_line(result)
+        == f"error: --out_dir {tmp_path / 'f'} is a file: choose a new folder"
+    )
+    out = mount_tmpfs(tmp_path / "ro", "1m", "ro") / "hf"
+    result = cli("export", f"--ckpt_path={tmp_path / 'm.ckpt'}", f"--out_dir={out}")
+    assert one_error_line(result) == f"error: --out_dir {out}: Read-only file system"
+
+
 def test_save_gpt_never_overwrites(tmp_path):
     spec = tiny_spec()
     save_gpt(tmp_path / "a.ckpt", build_gpt(spec), spec)

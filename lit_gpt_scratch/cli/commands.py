@@ -135,15 +135,19 @@ def export(ckpt_path: str, out_dir: str) -> None:
     from lit_gpt_scratch.interop.hf import hf_from_gpt
 
     target = Path(out_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out_dir {out_dir} is a file: choose a new folder")
+    if target.exists() and any(target.iterdir()):
         raise UserError(f"--out_dir {out_dir} exists and is not empty")
     loaded = load_gpt(ckpt_path)
     hf = hf_from_gpt(loaded.gpt)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"--out_dir {out_dir}: a folder above it is a file") from None
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as e:  # a read-only or full disk: name the folder, not a temporary one
+        raise UserError(f"--out_dir {out_dir}: {e.strerror}") from None
     try:
         hf.save_pretrained(staging)
         if loaded.tokenizer == "gpt2":  # GPT-2's own files are the HF tokenizer's vocab/merges
