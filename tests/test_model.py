@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_gpt_scratch.model.attention import CausalSelfAttention
+from lit_gpt_scratch.model.attention import CausalSelfAttention, MathAttention
 from lit_gpt_scratch.model.build import build_gpt, gpt_spec_from_config
 from lit_gpt_scratch.model.generate import generate, sample_next
 from lit_gpt_scratch.model.gpt import GPT
@@ -87,6 +87,11 @@ EXTRA_VARIANTS = {
     "nope": {"position": NoPosition},
     "rope_relu2": {"position": RotaryPosition, "mlp": ReluSquaredMLP, "norm": RMSNorm},
     "swiglu_untied": {"mlp": SwiGLU, "tie_embeddings": False},
+    "math": {"attention": MathAttention},
+    "math_gqa_rope": {
+        "attention": lambda *s: MathAttention(*s, n_kv_head=2, qk_norm=True),
+        "position": RotaryPosition,
+    },
 }
 VARIANTS = {**config_plugin_combinations(), **EXTRA_VARIANTS}
 
@@ -239,6 +244,10 @@ KV_VARIANTS = {
     "gqa_qknorm_window": {
         "position": RotaryPosition,
         "attention": lambda *s: CausalSelfAttention(*s, n_kv_head=2, qk_norm=True, window=5),
+    },
+    "math_gqa_rope": {
+        "position": RotaryPosition,
+        "attention": lambda *s: MathAttention(*s, n_kv_head=2),
     },
 }
 

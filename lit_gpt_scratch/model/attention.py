@@ -13,6 +13,8 @@ The output projection is named ``c_proj``: the GPT gives it the scaled residual 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,3 +150,70 @@ class CausalSelfAttention(Attention):
             # is not empty (its output is ignored, but must not be NaN).
             mask = (mask & pad_mask[:, None, None, :]) | (k_slot == q_slot)
         return mask
+
+
+class MathAttention(CausalSelfAttention):
+    """The same attention written out: ``softmax(q kᵀ / √hs + causal mask) · v``, no SDPA.
+
+    Same constructor, weights and options as ``CausalSelfAttention`` (``n_kv_head``,
+    ``qk_norm``, ``window``, ``bias``; positions and the KV cache through the same code), so
+    a checkpoint's weights load into either. Slower and O(T²) in memory: for reading and
+    drawing the attention pattern, not for training.
+
+    With ``keep_weights`` (an option, or an attribute set later) each forward stores its
+    attention weights, detached, in ``last_weights``: (B, n_head, T, T_keys); each row sums
+    to 1 and is zero at every key the query may not see.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        block_size: int,
+        n_kv_head: int | None = None,
+        qk_norm: bool = False,
+        window: int | None = None,
+        bias: bool = True,
+        keep_weights: bool = False,
+    ):
+        super().__init__(d_model, n_head, block_size, n_kv_head, qk_norm, window, bias)
+        self.keep_weights = keep_weights
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position: Position,
+        pos: torch.Tensor,
+        cache: KVCache | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        hs, h, h_kv = self.head_size, self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([h * hs, h_kv * hs, h_kv * hs], dim=-1)
+        q = q.view(B, T, h, hs).transpose(1, 2)  # (B, h, T, hs)
+        k = k.view(B, T, h_kv, hs).transpose(1, 2)  # (B, h_kv, T, hs)
+        v = v.view(B, T, h_kv, hs).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = position.rotate(q, k, pos)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, h_kv, T_keys, hs)
+        if h_kv != h:
+            k = k.repeat_interleave(h // h_kv, dim=1)
+            v = v.repeat_interleave(h // h_kv, dim=1)
+        T_keys = k.size(2)
+        mask = self._mask(T, T_keys, pad_mask, x.device)
+        if mask is None:  # _mask leaves plain causal to SDPA's is_causal: write it out
+            q_slot = torch.arange(T_keys - T, T_keys, device=x.device)[:, None]
+            mask = (torch.arange(T_keys, device=x.device)[None, :] <= q_slot)[None, None]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, h, T, T_keys)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        # the softmax in fp32 at least (bf16 under autocast loses the small weights)
+        wide = torch.promote_types(scores.dtype, torch.float32)
+        weights = torch.softmax(scores.to(wide), dim=-1).type_as(v)
+        if self.keep_weights:
+            self.last_weights = weights.detach()
+        y = weights @ v  # (B, h, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.c_proj(y)
