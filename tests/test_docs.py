@@ -32,21 +32,6 @@ from conftest import LOREM, log_lines_to_stderr, write_text_corpus
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NOT_RUN = "<!-- not-run -->"
-# Pages written in other branches: a link to one is checked once the page exists.
-PENDING = {
-    f"docs/guide/0{n}-{name}.md"
-    for n, name in enumerate(
-        [
-            "language-models",
-            "tokenization",
-            "token-files",
-            "attention",
-            "positions",
-            "mlp-norms-residuals",
-        ],
-        1,
-    )
-}
 LIGHTNING = {"fit", "validate", "test", "predict"}
 RUN_FOR_REAL = {"prepare", "train_tokenizer"}
 COMMAND = re.compile(r"(?:\bpython3? |\btorchrun\b[^`]*?)-m (lit_gpt_scratch(?:\.[\w.]+)?)(?=\s|$)")
@@ -345,8 +330,6 @@ def test_doc_link(link: Link):
     target = (link.doc.parent / path).resolve() if path else link.doc
     where = f"{link.id}: [..]({link.target})"
     if not target.exists():
-        if target.is_relative_to(ROOT) and rel(target) in PENDING:
-            pytest.skip(f"{where}: {rel(target)} is written in another branch")
         pytest.fail(f"{where}: {path} does not exist")
     if anchor:
         assert target.suffix == ".md", f"{where}: an anchor into a file that is not markdown"
