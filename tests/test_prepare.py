@@ -350,7 +350,8 @@ def test_ctrl_c_inside_the_pools_submit_does_not_hang(tmp_path, times, last_line
         env={**os.environ, "CTRL_C_TIMES": str(times)},
     )
     try:
-        _, stderr = proc.communicate(timeout=20)
+        # a hang waits forever: 90 s tells one apart from a slow start on a loaded machine
+        _, stderr = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         raise AssertionError("prepare hung after a Ctrl-C inside the pool's submit") from None
     finally:
