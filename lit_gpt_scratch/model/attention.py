@@ -98,14 +98,8 @@ class CausalSelfAttention(Attention):
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return KVCache(batch, self.n_kv_head, max_len, self.head_size)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        position: Position,
-        pos: torch.Tensor,
-        cache: KVCache | None = None,
-        pad_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _heads(self, x, position: Position, pos, cache: KVCache | None):
+        """Queries, and keys and values with every cached slot, one per query head."""
         B, T, C = x.shape
         hs, h, h_kv = self.head_size, self.n_head, self.n_kv_head
         q, k, v = self.c_attn(x).split([h * hs, h_kv * hs, h_kv * hs], dim=-1)
@@ -120,6 +114,18 @@ class CausalSelfAttention(Attention):
         if h_kv != h:  # each key/value head serves a group of h / h_kv query heads
             k = k.repeat_interleave(h // h_kv, dim=1)
             v = v.repeat_interleave(h // h_kv, dim=1)
+        return q, k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position: Position,
+        pos: torch.Tensor,
+        cache: KVCache | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self._heads(x, position, pos, cache)  # (B, h, T, hs), (B, h, T_keys, hs) x2
         mask = self._mask(T, k.size(2), pad_mask, x.device)
         # Explicit branches, never ``is_causal=<expression of T>``: once torch.compile makes T
         # dynamic, ``T > 1`` is a SymBool, which SDPA refuses; that graph break inside the
@@ -189,19 +195,8 @@ class MathAttention(CausalSelfAttention):
         pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        hs, h, h_kv = self.head_size, self.n_head, self.n_kv_head
-        q, k, v = self.c_attn(x).split([h * hs, h_kv * hs, h_kv * hs], dim=-1)
-        q = q.view(B, T, h, hs).transpose(1, 2)  # (B, h, T, hs)
-        k = k.view(B, T, h_kv, hs).transpose(1, 2)  # (B, h_kv, T, hs)
-        v = v.view(B, T, h_kv, hs).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = position.rotate(q, k, pos)
-        if cache is not None:
-            k, v = cache.update(k, v)  # (B, h_kv, T_keys, hs)
-        if h_kv != h:
-            k = k.repeat_interleave(h // h_kv, dim=1)
-            v = v.repeat_interleave(h // h_kv, dim=1)
+        hs = self.head_size
+        q, k, v = self._heads(x, position, pos, cache)  # (B, h, T, hs), (B, h, T_keys, hs) x2
         T_keys = k.size(2)
         mask = self._mask(T, T_keys, pad_mask, x.device)
         if mask is None:  # _mask leaves plain causal to SDPA's is_causal: write it out
