@@ -461,11 +461,15 @@ def test_sigterm_stops_like_ctrl_c_with_no_worker_left_and_the_rerun_continues(t
         assert dir_bytes(out) == dir_bytes(tmp_path / "ref"), target
 
 
-# 50 ms more per chunk: some 8 s in all, time for a second process to start meanwhile
-SLOWER_SCRIPT = PREPARE_SCRIPT.replace(
+# The first prepare holds before its 12th chunk while $HOLD names a file that exists: the
+# second process and fit's prepare_data meet it mid-run however slowly they start (importing
+# Lightning alone took 9 s on a 2-core machine, longer than a whole slowed prepare).
+HELD_SCRIPT = PREPARE_SCRIPT.replace(
     "from lit_gpt_scratch.cli.main",
-    "import time; route = p._Run._route;"
-    "p._Run._route = lambda run, result: (time.sleep(0.05), route(run, result))[1];"
+    "import os, time; route = p._Run._route; routed = [];"
+    "hold = lambda: len(routed) >= 12 and os.path.exists(os.environ['HOLD']);"
+    "p._Run._route = lambda run, result: ("
+    "[time.sleep(0.01) for _ in iter(hold, False)], routed.append(1), route(run, result))[2];"
     "from lit_gpt_scratch.cli.main",
 )
 
@@ -479,9 +483,11 @@ def test_two_prepares_into_one_data_dir_one_refuses_the_other_is_whole(tmp_path,
 
     src = write_text_corpus(tmp_path / "c", SLOW_CORPUS)
     subprocess.run(prepare_command(src, tmp_path / "ref"), check=True)
-    out = tmp_path / "out"
+    out, hold = tmp_path / "out", tmp_path / "hold"
+    hold.touch()
+    monkeypatch.setenv("HOLD", str(hold))
     with open(tmp_path / "stderr", "w") as stderr:
-        first = start_and_wait_for_chunk(prepare_command(src, out, SLOWER_SCRIPT), out, 10, stderr)
+        first = start_and_wait_for_chunk(prepare_command(src, out, HELD_SCRIPT), out, 10, stderr)
     try:
         second = subprocess.run(prepare_command(src, out), capture_output=True, text=True)
         assert (second.returncode, second.stderr) == (
@@ -496,6 +502,7 @@ def test_two_prepares_into_one_data_dir_one_refuses_the_other_is_whole(tmp_path,
         with pytest.raises(UserError, match=r"is in use by another process"):
             data.prepare_data()
         assert first.poll() is None  # it was still running all along
+        hold.unlink()
         assert first.wait(timeout=60) == 0
     finally:
         with contextlib.suppress(ProcessLookupError):
