@@ -140,10 +140,13 @@ class CausalSelfAttention(Attention):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
         return self.c_proj(y)
 
-    def _mask(self, T: int, T_keys: int, pad_mask, device) -> torch.Tensor | None:
-        """Which keys each query may see, (B or 1, 1, T, T_keys) bool, or None (see forward)."""
+    def _mask(
+        self, T: int, T_keys: int, pad_mask, device, always: bool = False
+    ) -> torch.Tensor | None:
+        """Which keys each query may see, (B or 1, 1, T, T_keys) bool; None where SDPA's
+        plain causal or unmasked call does the same (see forward), unless ``always``."""
         offset = T_keys - T  # keys already in the cache before these queries
-        if pad_mask is None and self.window is None and (offset == 0 or T == 1):
+        if not always and pad_mask is None and self.window is None and (offset == 0 or T == 1):
             return None
         q_slot = torch.arange(offset, T_keys, device=device)[:, None]  # (T, 1)
         k_slot = torch.arange(T_keys, device=device)[None, :]  # (1, T_keys)
@@ -198,10 +201,7 @@ class MathAttention(CausalSelfAttention):
         hs = self.head_size
         q, k, v = self._heads(x, position, pos, cache)  # (B, h, T, hs), (B, h, T_keys, hs) x2
         T_keys = k.size(2)
-        mask = self._mask(T, T_keys, pad_mask, x.device)
-        if mask is None:  # _mask leaves plain causal to SDPA's is_causal: write it out
-            q_slot = torch.arange(T_keys - T, T_keys, device=x.device)[:, None]
-            mask = (torch.arange(T_keys, device=x.device)[None, :] <= q_slot)[None, None]
+        mask = self._mask(T, T_keys, pad_mask, x.device, always=True)  # no is_causal here
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, h, T, T_keys)
         scores = scores.masked_fill(~mask, float("-inf"))
         # the softmax in fp32 at least (bf16 under autocast loses the small weights)
