@@ -35,6 +35,18 @@ def usable_device(name: str) -> str:
     return name
 
 
+def model_tokenizer(loaded, spec: str | None = None):
+    """The tokenizer ``spec`` names, by default the checkpoint's; a UserError if it has ids
+    the model has not."""
+    tok = load_tokenizer(spec or loaded.tokenizer)
+    if tok.vocab_size > loaded.gpt.vocab_size:
+        raise UserError(
+            f"tokenizer {tok.spec!r} has {tok.vocab_size} ids, more than the model's "
+            f"vocab_size {loaded.gpt.vocab_size}"
+        )
+    return tok
+
+
 def generate(
     ckpt_path: str,
     prompt: str = "",
@@ -76,12 +88,7 @@ def generate(
         raise UserError(f"--top_p must be in (0, 1], got {top_p}")
     device = usable_device(device)
     loaded = load_gpt(ckpt_path, device)
-    tok = load_tokenizer(tokenizer or loaded.tokenizer)
-    if tok.vocab_size > loaded.gpt.vocab_size:
-        raise UserError(
-            f"tokenizer {tok.spec!r} has {tok.vocab_size} ids, more than the model's "
-            f"vocab_size {loaded.gpt.vocab_size}"
-        )
+    tok = model_tokenizer(loaded, tokenizer)
     try:
         texts = generate_text(
             loaded.gpt,

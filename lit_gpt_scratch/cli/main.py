@@ -128,6 +128,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         function_command("train_tokenizer", "lit_gpt_scratch.tokenizer.training"),
     ),
     "generate": ("sample text from a checkpoint", function_command("generate")),
+    "evaluate": (
+        "score a checkpoint on downstream tasks (acc, acc_norm) and text (bpb)",
+        function_command("evaluate", "lit_gpt_scratch.cli.evaluate"),
+    ),
     "import_hf": (
         "convert a local Hugging Face GPT-2/Llama directory",
         function_command("import_hf"),

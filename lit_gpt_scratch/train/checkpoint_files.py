@@ -33,6 +33,7 @@ class LoadedGPT:
     gpt: GPT
     spec: dict  # the model.gpt YAML section
     tokenizer: str  # tokenizer spec recorded in the checkpoint, or gpt2
+    dtype: torch.dtype = torch.float32  # of the stored weights (bf16 after bf16-true training)
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -171,7 +172,9 @@ def _build_and_load(ckpt: dict, path: str | Path, device: str | torch.device = "
     load_weights(gpt, ckpt, path)
     data = ckpt.get("datamodule_hyper_parameters") or {}
     tokenizer = data.get("tokenizer") or DEFAULT_TOKENIZER
-    return LoadedGPT(gpt.to(device).eval(), spec, tokenizer)
+    stored = [t.dtype for t in gpt_weights(ckpt).values() if t.is_floating_point()]
+    dtype = stored[0] if stored else torch.float32
+    return LoadedGPT(gpt.to(device).eval(), spec, tokenizer, dtype)
 
 
 def load_sharded_gpt(path: str | Path) -> LoadedGPT:
