@@ -106,6 +106,16 @@ def function_command(
     return run
 
 
+def run_lm_eval(args: list[str]) -> int:
+    try:
+        from lit_gpt_scratch.evaluate.lm_eval_model import run_harness
+    except ImportError as e:
+        raise UserError(
+            f"lm_eval needs lm-evaluation-harness ({one_line(e)}): pip install 'lit-gpt-scratch[eval]'"
+        ) from None
+    return run_harness(args)
+
+
 def lightning_command(name: str) -> Callable[[list[str]], int]:
     """A LightningCLI subcommand (fit, validate, test, predict)."""
 
@@ -131,6 +141,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "evaluate": (
         "score a checkpoint on downstream tasks (acc, acc_norm) and text (bpb)",
         function_command("evaluate", "lit_gpt_scratch.cli.evaluate"),
+    ),
+    "lm_eval": (
+        "lm-evaluation-harness's command line, with --model lit_gpt_scratch (eval extra)",
+        run_lm_eval,
     ),
     "import_hf": (
         "convert a local Hugging Face GPT-2/Llama directory",
