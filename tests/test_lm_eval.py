@@ -84,7 +84,7 @@ def decisions(task, lls: list[float]) -> list[int]:
         mine = lls[start : start + len(item.requests)]
         start += len(item.requests)
         picks.append(pick(mine))
-        picks.append(pick([ll / n for ll, n in zip(mine, item.lengths)]))
+        picks.append(pick([ll / n for ll, n in zip(mine, item.lengths, strict=True)]))
     return picks
 
 
@@ -107,8 +107,8 @@ def test_evaluate_the_adapter_and_transformers_agree_on_every_loglikelihood(
     through_transformers = [ll for ll, _ in hf.loglikelihood(instances(requests))]
 
     assert len(ours) == len(requests) > 0
-    assert max(abs(a - b) for a, b in zip(ours, through_adapter)) < 1e-4
-    assert max(abs(a - b) for a, b in zip(ours, through_transformers)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(ours, through_adapter, strict=True)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(ours, through_transformers, strict=True)) < 1e-4
     assert decisions(task, ours) == decisions(task, through_transformers)
     assert decisions(task, ours) == decisions(task, through_adapter)
 
@@ -120,7 +120,7 @@ def test_the_adapter_runs_a_modern_recipe_checkpoint(tmp_path):
     adapter = LitGPTScratchLM(ckpt_path=str(ckpt), device="cpu")
     through_adapter = [ll for ll, _ in adapter.loglikelihood(instances(requests))]
     ours = evaluate_loglikelihoods(ckpt, task)
-    assert max(abs(a - b) for a, b in zip(ours, through_adapter)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(ours, through_adapter, strict=True)) < 1e-4
 
 
 def test_rolling_loglikelihood_is_the_bits_per_byte_of_evaluate_text(checkpoint, tmp_path):

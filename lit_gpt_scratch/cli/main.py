@@ -111,7 +111,8 @@ def run_lm_eval(args: list[str]) -> int:
         from lit_gpt_scratch.evaluate.lm_eval_model import run_harness
     except ImportError as e:
         raise UserError(
-            f"lm_eval needs lm-evaluation-harness ({one_line(e)}): pip install 'lit-gpt-scratch[eval]'"
+            f"lm_eval needs lm-evaluation-harness ({one_line(e)}): "
+            "pip install 'lit-gpt-scratch[eval]'"
         ) from None
     return run_harness(args)
 

@@ -100,7 +100,9 @@ class LitGPTScratchLM(LM):
             options = dict(options or {})
             until = options.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            max_new = min(int(options.pop("max_gen_toks", self.max_gen_toks)), self.gpt.block_size - 1)
+            max_new = min(
+                int(options.pop("max_gen_toks", self.max_gen_toks)), self.gpt.block_size - 1
+            )
             sampling = options.pop("do_sample", False)
             temperature = float(options.pop("temperature", 0.0)) if sampling else 0.0
             ids = self.tok.encode_ordinary(context).tolist() if context else [self.tok.eot_id]

@@ -31,7 +31,7 @@ def item_sums(task: Task, item: Item, scores: list[Score]) -> list[float]:
     lls = [s.loglikelihood for s in scores]
     if task.kind == CHOICE:
         correct = float(pick(lls) == item.answer)
-        normed = [ll / length for ll, length in zip(lls, item.lengths)]
+        normed = [ll / length for ll, length in zip(lls, item.lengths, strict=True)]
         correct_norm = float(pick(normed) == item.answer)
     else:
         correct = correct_norm = float(scores[0].greedy)
@@ -76,6 +76,8 @@ def table(results: dict[str, dict]) -> str:
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

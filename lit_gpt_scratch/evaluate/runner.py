@@ -17,8 +17,14 @@ import torch
 
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.evaluate.metrics import SUMS, item_sums, task_metrics
-from lit_gpt_scratch.evaluate.scoring import Encoded, Forward, batches, encode_request, score
-from lit_gpt_scratch.evaluate.scoring import rolling_windows
+from lit_gpt_scratch.evaluate.scoring import (
+    Encoded,
+    Forward,
+    batches,
+    encode_request,
+    rolling_windows,
+    score,
+)
 from lit_gpt_scratch.evaluate.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -36,7 +42,9 @@ def encode_task(task: Task, tokenizer, block_size: int, warn: bool = True) -> En
     items = []
     for item in task.items:
         try:
-            items.append(tuple(encode_request(tokenizer, c, k, block_size) for c, k in item.requests))
+            items.append(
+                tuple(encode_request(tokenizer, c, k, block_size) for c, k in item.requests)
+            )
         except ValueError as e:
             raise UserError(f"task {task.name}: {item.where}: {e}") from None
     cut = sum(any(r.truncated for r in requests) for requests in items)
@@ -97,7 +105,7 @@ def run_tasks(
                 n_batches=math.ceil(per_rank / batch_size) if lockstep else None,
                 progress=advance,
             )  # fmt: skip
-        for item, item_score in zip(encoded.task.items[rank::world_size], scores):
+        for item, item_score in zip(encoded.task.items[rank::world_size], scores, strict=True):
             sums[row] += torch.tensor(item_sums(encoded.task, item, item_score)).double()
     if reduce is not None:
         sums = reduce(sums.to(device)).cpu()

@@ -106,4 +106,3 @@ def batches(requests: Iterable, size: int) -> Iterable[list]:
 def gpt_forward(gpt) -> Forward:
     """The GPT as a ``Forward``: its logits, without a loss."""
     return lambda idx: gpt(idx)[0]
-

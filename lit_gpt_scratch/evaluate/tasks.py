@@ -237,7 +237,9 @@ def task_source(name: str, source: str | None, task_dir: str | None) -> str:
         return source
     if task_dir == "hf":
         if name not in NAMED:
-            raise UserError(f"task {name}: no Hugging Face dataset is known for it: give {name}=FILE")
+            raise UserError(
+                f"task {name}: no Hugging Face dataset is known for it: give {name}=FILE"
+            )
         return NAMED[name].hf
     if name not in NAMED and not (task_dir and (Path(task_dir) / f"{name}.jsonl").is_file()):
         where = f"{task_dir}/{name}.jsonl" if task_dir else f"{name}=FILE"
@@ -250,7 +252,9 @@ def task_source(name: str, source: str | None, task_dir: str | None) -> str:
         raise UserError(f"task {name}: give --task_dir DIR (holding {name}.jsonl) or {name}=FILE")
     path = Path(task_dir) / f"{name}.jsonl"
     if not path.is_file():
-        raise UserError(f"task {name}: {path} does not exist (the published file: {NAMED[name].files})")
+        raise UserError(
+            f"task {name}: {path} does not exist (the published file: {NAMED[name].files})"
+        )
     return str(path)
 
 
