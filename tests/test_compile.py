@@ -56,15 +56,16 @@ def dynamo_counters():
     "layout", ["gpt2", *(pytest.param(x, marks=pytest.mark.slow) for x in ("llama", "modern"))]
 )
 def test_fit_compiles_two_graphs_and_never_breaks(tmp_path, cli, dynamo_counters, layout, dynamic):
-    """Six bf16-mixed training steps, a text sample after steps 2, 4 and 6, validation after
-    steps 3 and 6: Dynamo captures exactly two graphs of ``GPT.forward``, training's and
-    validation's (eval mode without gradients: one recompile, on the grad-mode guard), and
-    reuses the training graph after each validation. Samples run eagerly and add none. No
-    graph break, and Dynamo never gives up on a frame (``unimplemented``: a break, or the
-    recompile limit of 8, which sampling through the compiled model used to hit with static
-    shapes; with dynamic ones, ``is_causal=<expression of T>`` broke the graph inside the
-    block loop). ``aot_eager``: Dynamo's counts do not depend on the backend, and inductor
-    would spend most of the test generating code.
+    """Six bf16-mixed training steps, a text sample and downstream scores after steps 2, 4 and
+    6, validation after steps 3 and 6: Dynamo captures exactly two graphs of ``GPT.forward``,
+    training's and validation's (eval mode without gradients: one recompile, on the grad-mode
+    guard), and reuses the training graph after each validation. Samples and downstream scores
+    run eagerly and add none. No graph break, and Dynamo never gives up on a frame
+    (``unimplemented``: a break, or the recompile limit of 8, which sampling through the
+    compiled model used to hit with static shapes; with dynamic ones,
+    ``is_causal=<expression of T>`` broke the graph inside the block loop). ``aot_eager``:
+    Dynamo's counts do not depend on the backend, and inductor would spend most of the test
+    generating code.
     """
     corpus = write_text_corpus(tmp_path / "corpus", LOREM)
     overrides = {
@@ -72,6 +73,9 @@ def test_fit_compiles_two_graphs_and_never_breaks(tmp_path, cli, dynamo_counters
         "model.compile_backend": "aot_eager",
         "model.compile_dynamic": dynamic,
         "samples.every_n_steps": "2",
+        "downstream.tasks": "[python_choice, python_cloze]",
+        "downstream.task_dir": str(ROOT / "tests/data/tasks"),
+        "downstream.every_n_steps": "2",
         "trainer.val_check_interval": "3",
         "checkpoint.every_n_train_steps": "0",
     }

@@ -2,8 +2,8 @@
 
 Top-level config sections: ``trainer``, ``model`` (LitGPT: ``gpt``, ``optimizer``,
 ``lr_scheduler``, ``compile``), ``data`` (TokenDataModule), ``checkpoint`` (ModelCheckpoint),
-``lr_monitor``, ``throughput``, ``samples``, ``preemption``, and the top-level keys
-``seed_everything``, ``ckpt_path``, ``global_batch_size`` (sets the accumulation from the
+``lr_monitor``, ``throughput``, ``samples``, ``downstream``, ``preemption``, and the top-level
+keys ``seed_everything``, ``ckpt_path``, ``global_batch_size`` (sets the accumulation from the
 device count) and ``val_every_n_steps``. ``data.block_size`` is linked to
 ``model.gpt.init_args.block_size``: write it once, under ``data``.
 """
@@ -44,6 +44,7 @@ from lit_gpt_scratch.train.checkpoint_files import (
 from lit_gpt_scratch.train.checkpoint_io import install_atomic_checkpoint_io
 from lit_gpt_scratch.train.checkpoints import RunCheckpoint, last_candidates_in
 from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_lightning
+from lit_gpt_scratch.train.downstream import DownstreamEval
 from lit_gpt_scratch.train.host_memory import keep_freed_memory
 from lit_gpt_scratch.train.module import LitGPT
 from lit_gpt_scratch.train.preemption import StopOnSignal, handlers_kept_until_done
@@ -97,6 +98,7 @@ class LitGPTCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(TextSamples, "samples")
+        parser.add_lightning_class_args(DownstreamEval, "downstream")
         parser.add_lightning_class_args(StopOnSignal, "preemption")
         parser.link_arguments("data.block_size", "model.gpt.init_args.block_size")
         parser.add_argument(

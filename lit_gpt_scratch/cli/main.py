@@ -33,6 +33,7 @@ TRAINING_SECTIONS = (
     "lr_monitor",
     "throughput",
     "samples",
+    "downstream",
     "preemption",
     "global_batch_size",
     "val_every_n_steps",
