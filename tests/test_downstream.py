@@ -117,3 +117,37 @@ def test_a_killed_and_resumed_run_logs_the_same_scores_and_samples(tmp_path, cor
     whole_samples = samples(tmp_path / "whole")
     assert sorted(whole_samples) == [2, 4, 6]
     assert samples(tmp_path / "killed") == whole_samples
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_ranks_share_the_items_and_log_what_evaluate_reports(tmp_path, cli, strategy):
+    """Two gloo processes each score half the items and sum the counts: the scores logged at
+    the last step are those of ``evaluate`` in one process on the checkpoint of that step
+    (under FSDP every rank calls the sharded model the same number of times)."""
+    from gloo_runs import DDP, FSDP
+    from gloo_runs import fit as fit_ranks
+
+    options = [f"--{k}={v}" for k, v in DOWNSTREAM.items()]
+    if strategy == "fsdp":  # fp32 weights in the forward, to compare with evaluate's fp32
+        options.append("--trainer.strategy.init_args.mixed_precision=null")
+    ranks = FSDP if strategy == "fsdp" else DDP
+    fit_ranks(tmp_path, tmp_path / "data", *options, devices=2, batch=4, strategy=ranks)
+    run = tmp_path / "checkpoints/tiny/version_0"
+    ckpt = run / "checkpoints/last.ckpt"
+    if strategy == "fsdp":  # a sharded checkpoint: one file of it first
+        assert (
+            cli("consolidate", f"--ckpt_path={ckpt}", f"--out={tmp_path / 'one.ckpt'}").returncode
+            == 0
+        )
+        ckpt = tmp_path / "one.ckpt"
+    out = tmp_path / "r.json"
+    tasks = "--tasks=python_choice,python_cloze,winogrande"
+    result = cli("evaluate", f"--ckpt_path={ckpt}", tasks, f"--task_dir={TASKS}", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())["tasks"]
+    logged = eval_scalars(run)
+    assert len(logged) == 5 and all([s for s, _ in v] == [2, 4] for v in logged.values())
+    for tag, values in logged.items():
+        _, task, metric = tag.split("/")
+        assert values[-1][1] == pytest.approx(results[task][metric], rel=1e-5), tag
