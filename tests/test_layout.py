@@ -18,7 +18,26 @@ ALLOWED = {
     "data": ("data", "errors", "files", "tokenizer"),
     "tokenizer": ("tokenizer", "data", "errors", "files"),
     "interop": ("interop", "model", "errors", "files"),
-    "train": ("train", "model", "errors", "files", "tokenizer"),
+    "train": (
+        "train",
+        "model",
+        "errors",
+        "files",
+        "tokenizer",
+        "evaluate.runner",
+        "evaluate.tasks",
+    ),
+    # scoring and task files are plain torch; loading reads checkpoints as generate does
+    "evaluate": (
+        "evaluate",
+        "model",
+        "errors",
+        "files",
+        "devices",
+        "tokenizer",
+        "data.sources",
+        "train.checkpoint_files",
+    ),  # fmt: skip
 }
 
 
@@ -60,4 +79,17 @@ def test_the_model_imports_no_lightning():
 
 def test_the_package_root_holds_only_the_shared_helpers():
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert loose == ["__init__.py", "__main__.py", "errors.py", "files.py"]
+    assert loose == ["__init__.py", "__main__.py", "devices.py", "errors.py", "files.py"]
+
+
+def test_scoring_imports_no_lightning():
+    """evaluate/ (but the harness adapter, which imports lm-eval) runs without Lightning."""
+    names = [
+        p.stem for p in sorted((PACKAGE / "evaluate").glob("*.py")) if p.stem != "lm_eval_model"
+    ]
+    modules = ", ".join(f"lit_gpt_scratch.evaluate.{n}" for n in names)
+    code = f"import sys; import {modules}; print('lightning' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -12,39 +12,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
+from lit_gpt_scratch.devices import usable_device
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.model.generate import generate_text
-from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
-from lit_gpt_scratch.train.checkpoint_files import load_gpt, load_sharded_gpt, save_gpt
-
-
-def usable_device(name: str) -> str:
-    """``name`` (cpu, cuda, cuda:N, or auto) if this machine has it; else a UserError."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device: cpu, cuda, cuda:N or auto") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: only cpu and cuda are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this machine has no CUDA GPU (use cpu or auto)")
-    return name
-
-
-def model_tokenizer(loaded, spec: str | None = None):
-    """The tokenizer ``spec`` names, by default the checkpoint's; a UserError if it has ids
-    the model has not."""
-    tok = load_tokenizer(spec or loaded.tokenizer)
-    if tok.vocab_size > loaded.gpt.vocab_size:
-        raise UserError(
-            f"tokenizer {tok.spec!r} has {tok.vocab_size} ids, more than the model's "
-            f"vocab_size {loaded.gpt.vocab_size}"
-        )
-    return tok
+from lit_gpt_scratch.train.checkpoint_files import (
+    checkpoint_tokenizer,
+    load_gpt,
+    load_sharded_gpt,
+    save_gpt,
+)
 
 
 def generate(
@@ -88,7 +64,7 @@ def generate(
         raise UserError(f"--top_p must be in (0, 1], got {top_p}")
     device = usable_device(device)
     loaded = load_gpt(ckpt_path, device)
-    tok = model_tokenizer(loaded, tokenizer)
+    tok = checkpoint_tokenizer(loaded, tokenizer)
     try:
         texts = generate_text(
             loaded.gpt,

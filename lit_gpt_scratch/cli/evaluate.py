@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import torch
 
-from lit_gpt_scratch.cli.commands import model_tokenizer, usable_device
+from lit_gpt_scratch.devices import usable_device
 from lit_gpt_scratch.errors import UserError, check_at_least
+from lit_gpt_scratch.evaluate.loading import check_precision, load_scored_model
 from lit_gpt_scratch.evaluate.metrics import table
 from lit_gpt_scratch.evaluate.runner import encode_task, run_tasks, text_bits_per_byte
-from lit_gpt_scratch.evaluate.scoring import gpt_forward
 from lit_gpt_scratch.evaluate.tasks import load_tasks
-from lit_gpt_scratch.train.checkpoint_files import load_gpt
-
-# Lightning's precision names -> (the weights' dtype, the autocast dtype or None)
-PRECISIONS = {
-    "64-true": (torch.float64, None),
-    "32-true": (torch.float32, None),
-    "bf16-true": (torch.bfloat16, None),
-    "16-true": (torch.float16, None),
-    "bf16-mixed": (torch.float32, torch.bfloat16),
-    "16-mixed": (torch.float32, torch.float16),
-}
-STORED = {torch.float64: "64-true", torch.float32: "32-true", torch.bfloat16: "bf16-true",
-          torch.float16: "16-true"}  # fmt: skip
 
 
 def evaluate(
@@ -68,8 +54,7 @@ def evaluate(
     check_at_least("--devices", devices, 1)
     if limit is not None:
         check_at_least("--limit", limit, 1)
-    if precision is not None and precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if out is not None:
         _check_out(out)
     if text is not None and not Path(text).is_file():
@@ -79,28 +64,23 @@ def evaluate(
     body = _text(text) if text else None
 
     rank, world_size, device, reduce = _processes(device, devices)
-    loaded = load_gpt(ckpt_path, device)
-    tok = model_tokenizer(loaded, tokenizer)
-    precision = precision or STORED.get(loaded.dtype, "32-true")
-    weights_dtype, autocast_dtype = PRECISIONS[precision]
-    gpt = loaded.gpt.to(weights_dtype)
-    block = gpt.block_size
-    encoded = [encode_task(task, tok, block, warn=rank == 0) for task in task_list]
+    model = load_scored_model(ckpt_path, device, precision, tokenizer)
+    block = model.gpt.block_size
+    encoded = [encode_task(task, model.tokenizer, block, warn=rank == 0) for task in task_list]
     shard = dict(rank=rank, world_size=world_size, reduce=reduce)
-    with _autocast(device, autocast_dtype):
-        results = run_tasks(
-            gpt_forward(gpt), encoded, device, batch_size, progress=progress, **shard
-        )
+    with model.autocast():
+        results = run_tasks(model.forward, encoded, device, batch_size, progress=progress, **shard)
         if text:
-            forward = gpt_forward(gpt)
-            bpb = text_bits_per_byte(forward, tok, body, block, device, batch_size, **shard)
+            bpb = text_bits_per_byte(
+                model.forward, model.tokenizer, body, block, device, batch_size, **shard
+            )
     if rank != 0:
         return
     if text:
         results = {**results, "text": {"bpb": bpb["bpb"], "loss": bpb["loss"], "n": bpb["tokens"]}}
     print(table(results))
     if out is not None:
-        _write_results(out, ckpt_path, precision, limit, results, text, bpb if text else None)
+        _write_results(out, ckpt_path, model.precision, limit, results, text, bpb if text else None)
         print(f"wrote {out}")
 
 
@@ -134,12 +114,6 @@ def _processes(device: str, devices: int):
         fabric.device,
         lambda t: fabric.all_reduce(t, reduce_op="sum"),
     )
-
-
-def _autocast(device: torch.device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _write_results(out, ckpt_path, precision, limit, results, text, bpb) -> None:

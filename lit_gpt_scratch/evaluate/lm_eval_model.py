@@ -16,12 +16,12 @@ two give the same log-likelihoods.
 
 from __future__ import annotations
 
-import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from lit_gpt_scratch.evaluate.loading import load_scored_model
 from lit_gpt_scratch.evaluate.runner import item_scores
-from lit_gpt_scratch.evaluate.scoring import encode_request, gpt_forward, rolling_windows
+from lit_gpt_scratch.evaluate.scoring import encode_request, rolling_windows
 from lit_gpt_scratch.model.generate import generate
 
 
@@ -49,37 +49,24 @@ class LitGPTScratchLM(LM):
         **unused,  # the harness passes max_batch_size and others every model may ignore
     ):
         super().__init__()
-        from lit_gpt_scratch.cli.commands import model_tokenizer, usable_device
-        from lit_gpt_scratch.cli.evaluate import PRECISIONS, STORED
-        from lit_gpt_scratch.train.checkpoint_files import load_gpt
-
-        self._device = torch.device(usable_device(str(device)))
-        loaded = load_gpt(ckpt_path, self._device)
-        self.tok = model_tokenizer(loaded, tokenizer)
-        self.precision = precision or STORED.get(loaded.dtype, "32-true")
-        weights_dtype, self.autocast_dtype = PRECISIONS[self.precision]
-        self.gpt = loaded.gpt.to(weights_dtype)
-        self.forward = gpt_forward(self.gpt)
+        self.model = load_scored_model(str(ckpt_path), str(device), precision, tokenizer)
+        self.gpt, self.tok = self.model.gpt, self.model.tokenizer
         self.batch_size = 4 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
 
     @property
     def device(self):
-        return self._device
+        return self.model.device
 
     @property
     def tokenizer_name(self) -> str:
         return self.tok.spec
 
-    def _autocast(self):
-        return torch.autocast(
-            self._device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        )
-
     def _scores(self, encoded: list) -> list:
-        with self._autocast():
-            items = [(request,) for request in encoded]
-            return [s[0] for s in item_scores(self.forward, items, self._device, self.batch_size)]
+        items = [(request,) for request in encoded]
+        with self.model.autocast():
+            scores = item_scores(self.model.forward, items, self.device, self.batch_size)
+        return [s[0] for s in scores]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         block = self.gpt.block_size
@@ -107,7 +94,7 @@ class LitGPTScratchLM(LM):
             temperature = float(options.pop("temperature", 0.0)) if sampling else 0.0
             ids = self.tok.encode_ordinary(context).tolist() if context else [self.tok.eot_id]
             ids = ids[-(self.gpt.block_size - max_new) :]
-            with self._autocast():
+            with self.model.autocast():
                 [new] = generate(
                     self.gpt, [ids], max_new, temperature=temperature,
                     stop_id=self.tok.eot_id, vocab_limit=self.tok.vocab_size,

@@ -22,6 +22,7 @@ import torch
 from lit_gpt_scratch.errors import UserError, one_line
 from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.gpt import GPT
+from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
 PREFIX = "gpt."
 SHARDED_META = "meta.pt"  # Lightning's FSDPStrategy writes the non-tensor state here
@@ -175,6 +176,18 @@ def _build_and_load(ckpt: dict, path: str | Path, device: str | torch.device = "
     stored = [t.dtype for t in gpt_weights(ckpt).values() if t.is_floating_point()]
     dtype = stored[0] if stored else torch.float32
     return LoadedGPT(gpt.to(device).eval(), spec, tokenizer, dtype)
+
+
+def checkpoint_tokenizer(loaded: LoadedGPT, spec: str | None = None):
+    """The tokenizer ``spec`` names, by default the checkpoint's; a UserError if it has ids
+    the model has not."""
+    tok = load_tokenizer(spec or loaded.tokenizer)
+    if tok.vocab_size > loaded.gpt.vocab_size:
+        raise UserError(
+            f"tokenizer {tok.spec!r} has {tok.vocab_size} ids, more than the model's "
+            f"vocab_size {loaded.gpt.vocab_size}"
+        )
+    return tok
 
 
 def load_sharded_gpt(path: str | Path) -> LoadedGPT:
