@@ -185,3 +185,14 @@ def test_a_resume_may_add_or_remove_named_sets_and_stays_exact(runs, saved, resu
     assert got["train/loss"] == [(s, v) for s, v in whole["train/loss"] if s >= 3]
     if resumed == "named":
         assert got["val/python/bpb"] == whole["val/python/bpb"][-1:]
+
+
+def test_prepare_ignores_named_sets(tmp_path, cli):
+    """prepare reads a training config's data: section, val_sets and all; the sets are files
+    for validation, not part of the corpus (even one that does not exist yet)."""
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    args = small_run_args(corpus, tmp_path / "data")
+    missing = tmp_path / "not-written-yet.txt"
+    assert cli("prepare", *args, f"--data.val_sets={{python: {missing}}}").returncode == 0
+    meta = json.loads((tmp_path / "data/meta.json").read_text())
+    assert "val_sets" not in meta["settings"]
