@@ -196,3 +196,15 @@ def test_prepare_ignores_named_sets(tmp_path, cli):
     assert cli("prepare", *args, f"--data.val_sets={{python: {missing}}}").returncode == 0
     meta = json.loads((tmp_path / "data/meta.json").read_text())
     assert "val_sets" not in meta["settings"]
+
+
+def test_checkpoint_monitor_may_rank_by_a_named_set(tmp_path, cli):
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    (tmp_path / "python.txt").write_text(PYTHON, encoding="utf-8")
+    args = small_run_args(corpus, tmp_path / "data", **FP32, **{"trainer.max_steps": "3"})
+    monitor = ["--checkpoint.monitor=val/python/bpb", "--checkpoint.filename=step={step}"]
+    result = cli("fit", *args, f"--data.val_sets={{python: {tmp_path / 'python.txt'}}}", *monitor)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(run_folder(tmp_path) / "checkpoints/last.ckpt", weights_only=True)
+    [state] = [v for k, v in ckpt["callbacks"].items() if "val/python/bpb" in k]
+    assert Path(state["best_model_path"]).name == "step=3.ckpt"

@@ -170,6 +170,9 @@ class LitGPT(L.LightningModule):
         self._val_sets = datamodule if isinstance(datamodule, NamedValSets) else None
         names = list(self._val_sets.val_set_batches()) if self._val_sets is not None else []
         self.val_set_sums = torch.nn.ModuleDict({name: ValSetSums() for name in names})
+        # checkpoint.monitor may name a set's metric (val/<name>/bpb): checked at fit start
+        named = tuple(f"{name}/{metric}" for name in names for metric in ("loss", "bpb"))
+        self.EVALUATION_METRICS = (*LitGPT.EVALUATION_METRICS, *named)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         # The data position saved in checkpoints counts batches trained on, not batches the
@@ -191,7 +194,8 @@ class LitGPT(L.LightningModule):
             getattr(self, f"{split}_nats").update(loss.detach() * targets.numel())
             getattr(self, f"{split}_bytes").update(self.token_bytes[targets].sum())
 
-    # what validation logs, as val/<name> (bpb with the tokenizer's byte counts only)
+    # what validation logs, as val/<name> (bpb with the tokenizer's byte counts only); setup
+    # adds each named val set's <set>/loss and <set>/bpb
     EVALUATION_METRICS = ("loss", "ppl", "bpb")
 
     def _log_evaluation(self, split: str, prog_bar: bool) -> None:
