@@ -323,3 +323,29 @@ def test_a_key_written_twice_in_a_config_is_refused_naming_both_lines(
         "and 4: keep one (see --help)"
     )
     assert not (tmp_path / "data").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("held out", "text", "the name must be letters, digits, _ and - only (it is part of the "
+         "metric names val/<name>/loss and val/<name>/bpb)"),
+        ("py/code", "text", "the name must be letters, digits, _ and - only (it is part of the "
+         "metric names val/<name>/loss and val/<name>/bpb)"),
+        ("python", None, "{path} does not exist or is not a file"),
+        ("python", b"caf\xe9\n", "{path} is not UTF-8 text (byte 3)"),
+        ("python", b"", "{path} holds no text"),
+    ],
+)  # fmt: skip
+def test_a_bad_named_val_set_is_one_line_before_anything_is_written(
+    tmp_path, cli, args, name, content, problem
+):
+    path = tmp_path / "held_out.txt"
+    if content is not None:
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    config = tmp_path / "val_sets.yaml"
+    config.write_text(f"data:\n  val_sets:\n    {name}: {path}\n")
+    result = cli("fit", *args, f"--config={config}")
+    assert result.returncode == 1
+    assert last_line(result) == f"error: data.val_sets.{name}: {problem.format(path=path)}"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "checkpoints").exists()

@@ -2,6 +2,7 @@
 
     prepare_data: prepare() once per node ─► setup: meta.json, streams, checks against the
     tokenizer and the model ─► train: infinite WindowSampler batches / val, test: ValWindows
+    (+ named val sets: text files tokenized here, scored whole by LitGPT: ``val_set_batches``)
 
 A training config's ``data:`` section is this constructor's arguments; the first eight are
 ``prepare``'s, so ``lit-gpt-scratch prepare --config run.yaml`` and ``fit --config run.yaml``
@@ -31,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_gpt_scratch.data.prepare import prepare_from_config
+from lit_gpt_scratch.data.val_sets import ValSetBatches, read_val_set
 from lit_gpt_scratch.data.windows import (
     TokenStream,
     TrainWindows,
@@ -71,6 +73,11 @@ class TokenDataModule(L.LightningDataModule):
         prepare_per_node: Run ``prepare`` on the first process of every node (each node has
             its own ``data_dir``: local disks). False: on the first process of the run only,
             for a ``data_dir`` every node sees (shared storage).
+        val_sets: Named held-out texts, ``{name: path of a UTF-8 text file}``, each scored
+            whole at every validation (and in validate, test) with this run's tokenizer and
+            logged as ``val/<name>/loss`` (nats per token) and ``val/<name>/bpb`` (bits per
+            byte of the file, the figure ``evaluate --text`` prints): runs with different
+            tokenizers or recipes compare on the same text. ``prepare`` ignores them.
     """
 
     def __init__(
@@ -91,12 +98,15 @@ class TokenDataModule(L.LightningDataModule):
         seed: int = 1234,
         allow_approximate_resume: bool = False,
         prepare_per_node: bool = True,
+        val_sets: dict[str, str] | None = None,
     ):
         super().__init__()
         check_at_least("data.batch_size", batch_size, 1)
         check_at_least("data.num_workers", num_workers, 0)
         check_at_least("data.block_size", block_size, 1)
         check_at_least("data.val_windows", val_windows, 1)
+        # Read now: a bad file is refused before anything is prepared or written.
+        self.val_texts = {name: read_val_set(name, path) for name, path in (val_sets or {}).items()}
         self.save_hyperparameters()  # the tokenizer etc. travel in checkpoints
         self.prepare_data_per_node = prepare_per_node  # read by Lightning's prepare_data step
         self.sources = list(sources)
@@ -106,6 +116,7 @@ class TokenDataModule(L.LightningDataModule):
         self.val_stream: TokenStream | None = None
         self.sampler: WindowSampler | None = None
         self._pending_state: dict | None = None  # sampler state loaded before the sampler exists
+        self._val_sets: dict[str, ValSetBatches] = {}
 
     # --- data on disk ---------------------------------------------------------------------------
 
@@ -142,6 +153,7 @@ class TokenDataModule(L.LightningDataModule):
             check_holds_a_window(self.train_stream, self.window, "add sources or lower block_size")
         if stage in (None, "fit", "validate", "test"):
             check_holds_a_window(self.val_stream, self.window, "raise data.val_fraction")
+            self._val_sets = self._tokenize_val_sets()
         module = self.trainer.lightning_module if self.trainer is not None else None
         gpt = getattr(module, "gpt", None)
         if gpt is not None:
@@ -217,6 +229,28 @@ class TokenDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def val_set_batches(self) -> dict[str, ValSetBatches]:
+        """This rank's batches of each named val set (``data.val_sets``), by name: the same
+        windows at every validation. Empty before ``setup`` and without val sets."""
+        return self._val_sets
+
+    def _tokenize_val_sets(self) -> dict[str, ValSetBatches]:
+        tok = load_tokenizer(self.hparams.tokenizer)
+        rank, world = self._rank_and_world()
+        h = self.hparams
+        return {
+            name: ValSetBatches(
+                tok.encode_ordinary(text).tolist(),
+                len(text.encode("utf-8")),
+                tok.eot_id,
+                h.block_size,
+                h.batch_size,
+                rank,
+                world,
+            )
+            for name, text in self.val_texts.items()
+        }
 
     # --- resume ---------------------------------------------------------------------------------
 

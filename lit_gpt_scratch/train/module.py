@@ -7,6 +7,7 @@ what else it asks of the data module is the ``TokenData`` interface below.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol, runtime_checkable
 
 import lightning as L
@@ -36,6 +37,32 @@ class TokenData(Protocol):
 
     def token_bytes(self) -> torch.Tensor:
         """(vocab_size,) the bytes of text each token id stands for, for bits per byte."""
+
+
+@runtime_checkable
+class NamedValSets(Protocol):
+    """What LitGPT asks of a data module with named validation sets (``TokenDataModule``'s
+    ``data.val_sets``), scored whole at every validation as ``val/<name>/loss`` and ``/bpb``."""
+
+    def val_set_batches(self) -> Mapping[str, Iterable[tuple[torch.Tensor, ...]]]:
+        """This rank's batches of each set, by name: inputs (B, T), targets (B, T) (-100 where
+        not scored), bytes (B,) (summing to the text's bytes over all ranks). Together the
+        ranks score every window once, each rank in the same number of batches."""
+
+
+class ValSetSums(torch.nn.Module):
+    """One named set's exact sums over its windows and all ranks: nats, scored tokens, bytes.
+    float64, so that token and byte counts stay exact integers past 2**24."""
+
+    def __init__(self):
+        super().__init__()
+        self.nats, self.tokens, self.bytes = (SumMetric().set_dtype(torch.float64) for _ in "ntb")
+
+    def compute_and_reset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sums = tuple(metric.compute() for metric in (self.nats, self.tokens, self.bytes))
+        for metric in (self.nats, self.tokens, self.bytes):
+            metric.reset()
+        return sums
 
 
 class LitGPT(L.LightningModule):
@@ -102,6 +129,10 @@ class LitGPT(L.LightningModule):
         self.val_nats, self.val_bytes = SumMetric(), SumMetric()
         self.test_nats, self.test_bytes = SumMetric(), SumMetric()
         self.register_buffer("token_bytes", None, persistent=False)  # (vocab,), from TokenData
+        # Named val sets' sums, made in setup (metric states are not saved: a checkpoint loads
+        # with val sets added or removed).
+        self.val_set_sums = torch.nn.ModuleDict()
+        self._val_sets: NamedValSets | None = None
         self._token_data: TokenData | None = None  # the data module, when it offers TokenData
         self._rng_states_to_restore: list[dict] | None = None
         self._resumed = False
@@ -136,6 +167,12 @@ class LitGPT(L.LightningModule):
         if self._token_data is not None:
             token_bytes = self._token_data.token_bytes()
             self.token_bytes = token_bytes.to(dtype=torch.long, device=self.device)
+        self._val_sets = datamodule if isinstance(datamodule, NamedValSets) else None
+        names = list(self._val_sets.val_set_batches()) if self._val_sets is not None else []
+        self.val_set_sums = torch.nn.ModuleDict({name: ValSetSums() for name in names})
+        # checkpoint.monitor may name a set's metric (val/<name>/bpb): checked at fit start
+        named = tuple(f"{name}/{metric}" for name in names for metric in ("loss", "bpb"))
+        self.EVALUATION_METRICS = (*LitGPT.EVALUATION_METRICS, *named)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         # The data position saved in checkpoints counts batches trained on, not batches the
@@ -157,7 +194,8 @@ class LitGPT(L.LightningModule):
             getattr(self, f"{split}_nats").update(loss.detach() * targets.numel())
             getattr(self, f"{split}_bytes").update(self.token_bytes[targets].sum())
 
-    # what validation logs, as val/<name> (bpb with the tokenizer's byte counts only)
+    # what validation logs, as val/<name> (bpb with the tokenizer's byte counts only); setup
+    # adds each named val set's <set>/loss and <set>/bpb
     EVALUATION_METRICS = ("loss", "ppl", "bpb")
 
     def _log_evaluation(self, split: str, prog_bar: bool) -> None:
@@ -176,12 +214,50 @@ class LitGPT(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val", prog_bar=True)
+        if not self.trainer.sanity_checking:  # sanity metrics are not logged: spare the cost
+            self._score_val_sets("val")
+
+    # --- named val sets (data.val_sets) -----------------------------------------------------
+
+    def _score_val_sets(self, split: str) -> None:
+        """Score each named set whole and log ``<split>/<name>/loss`` and ``/bpb``. Here, not
+        as extra val dataloaders: Lightning would cut them at ``trainer.limit_val_batches``
+        (runs with two tokenizers would then score different spans of text) and suffix
+        every logged name with ``/dataloader_idx_N``."""
+        if not len(self.val_set_sums):
+            return
+        # Under FSDP only the root module's forward gathers the weights, on every rank.
+        sharded = isinstance(self.trainer.strategy, FSDPStrategy)
+        forward = self.trainer.strategy.model if sharded else self.gpt
+        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
+            for name, batches in self._val_sets.val_set_batches().items():
+                sums = self.val_set_sums[name]
+                for inputs, targets, n_bytes in batches:
+                    self._score_val_batch(forward, sums, inputs, targets, n_bytes)
+        logged = {}
+        for name, sums in self.val_set_sums.items():
+            nats, tokens, n_bytes = sums.compute_and_reset()  # summed over ranks
+            logged[f"{split}/{name}/loss"] = nats / tokens.clamp(min=1)
+            logged[f"{split}/{name}/bpb"] = nats / (math.log(2) * n_bytes.clamp(min=1))
+        # add_dataloader_idx=False: the names stay exactly these, whatever the loaders
+        self.log_dict(logged, sync_dist=False, add_dataloader_idx=False)
+
+    def _score_val_batch(self, forward, sums: ValSetSums, inputs, targets, n_bytes) -> None:
+        inputs, targets = inputs.to(self.device), targets.to(self.device)  # (B, T)
+        _, loss = forward(inputs, targets)  # fp32 mean over the scored targets (-100 ignored)
+        scored = (targets != -100).sum()
+        # A batch of padding windows scores nothing (its mean is NaN): it adds 0.
+        nats = torch.where(scored > 0, loss.double() * scored, 0.0)
+        sums.nats.update(nats)
+        sums.tokens.update(scored)
+        sums.bytes.update(n_bytes.sum())
 
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test", prog_bar=False)
+        self._score_val_sets("test")
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Mean next-token loss of each window, (B,)."""
