@@ -67,6 +67,12 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         file.write(data.encode() if isinstance(data, str) else data)
 
 
+def read_utf8(path: str | Path) -> str:
+    """A file's text as stored, newlines untranslated (``read_text`` turns ``\r\n`` into
+    ``\n``): its UTF-8 bytes are exactly the file's. UnicodeDecodeError if it is not UTF-8."""
+    return Path(path).read_bytes().decode("utf-8")
+
+
 def sync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -344,3 +344,11 @@ def test_two_cpu_processes_report_what_one_does(ckpt, tmp_path):
         for key, value in metrics.items():
             assert two["tasks"][name][key] == pytest.approx(value, abs=1e-6), (name, key)
     assert two["text"]["bpb"] == pytest.approx(one["text"]["bpb"], abs=1e-6)
+
+
+def test_text_bits_per_byte_count_the_files_bytes_with_crlf_kept(ckpt, cli, tmp_path):
+    text = tmp_path / "crlf.txt"
+    text.write_bytes(b"def f():\r\n    return 1\r\n" * 20)
+    out = tmp_path / "r.json"
+    assert cli("evaluate", f"--ckpt_path={ckpt}", f"--text={text}", f"--out={out}").returncode == 0
+    assert json.loads(out.read_text())["text"]["bytes"] == text.stat().st_size

@@ -13,6 +13,7 @@ from lit_gpt_scratch.evaluate.loading import check_precision, load_scored_model
 from lit_gpt_scratch.evaluate.metrics import table
 from lit_gpt_scratch.evaluate.runner import encode_task, run_tasks, text_bits_per_byte
 from lit_gpt_scratch.evaluate.tasks import load_tasks
+from lit_gpt_scratch.files import read_utf8
 
 
 def evaluate(
@@ -94,7 +95,7 @@ def _check_out(out: str) -> None:
 
 def _text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return read_utf8(path)
     except UnicodeDecodeError as e:
         raise UserError(f"--text {path} is not UTF-8 text (byte {e.start})") from None
 

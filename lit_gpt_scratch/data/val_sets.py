@@ -19,6 +19,7 @@ import torch
 
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.evaluate.scoring import Encoded, rolling_windows
+from lit_gpt_scratch.files import read_utf8
 
 IGNORE = -100  # the target of a position that is not scored (cross-entropy's ignore_index)
 NAME = re.compile(r"[A-Za-z0-9_-]+")  # a name is a key in logged metric names: no / or .
@@ -36,8 +37,7 @@ def read_val_set(name: str, path: str) -> str:
     if not file.is_file():
         raise UserError(f"{key}: {path} does not exist or is not a file")
     try:
-        # Text mode, as evaluate --text reads it: the two count the same bytes.
-        text = file.read_text(encoding="utf-8")
+        text = read_utf8(file)  # as evaluate --text reads it: the file's bytes, \r\n kept
     except UnicodeDecodeError as e:
         raise UserError(f"{key}: {path} is not UTF-8 text (byte {e.start})") from None
     if not text:
