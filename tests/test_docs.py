@@ -246,6 +246,9 @@ def check_command(command: Command, docs_dir: Path, monkeypatch, capsys) -> None
         code, output = parse_bench(command.module, args, monkeypatch, capsys)
         assert code == 0, f"{where}\n{output}"
         return
+    if args and args[0] == "lm_eval":
+        check_harness_command(args[1:], where, monkeypatch)
+        return
     if not args or "--help" in args or "-h" in args:
         code, output = run_cli(args or ["--help"], capsys)
         assert code == 0, f"{where}\n{output}"
@@ -262,6 +265,23 @@ def check_command(command: Command, docs_dir: Path, monkeypatch, capsys) -> None
         code, output = run_cli([*args, *extra], capsys)
         ran = f"run on a small corpus ({shlex.join(extra)})"
         assert code == 0, f"{where}\n{ran}, exits {code}:\n{output}"
+
+
+def check_harness_command(args: list[str], where: str, monkeypatch) -> None:
+    """``lm_eval ARGS``: lm-evaluation-harness's own parser reads them (nothing runs), and the
+    model they name is this project's, registered."""
+    pytest.importorskip("lm_eval")
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.api.registry import get_model
+
+    from lit_gpt_scratch.evaluate.lm_eval_model import LitGPTScratchLM
+
+    monkeypatch.setattr("sys.argv", ["lm_eval", *args])
+    try:
+        parsed = HarnessCLI().parse_args()
+    except SystemExit as e:
+        raise AssertionError(f"{where}\nlm-eval's parser exits {e.code}") from None
+    assert get_model(parsed.model) is LitGPTScratchLM, f"{where}\nmodel {parsed.model!r}"
 
 
 # --- links ----------------------------------------------------------------------------------
