@@ -160,6 +160,7 @@ def test_a_named_set_bpb_is_the_figure_evaluate_text_prints(runs):
     assert_logged_as_evaluate_reports(run_folder(root / "named"), root, names)
 
 
+@pytest.mark.slow
 def test_two_ranks_score_a_set_as_one_process_does(tmp_path):
     """2 gloo processes, a set of an odd number of windows (one rank scores a padding one)."""
     text = tmp_path / "python.txt"
