@@ -255,6 +255,7 @@ def test_evaluate_prints_a_table_and_writes_every_task_and_the_text_bpb(ckpt, cl
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["task", "metric", "value", "stderr", "n"]
     row = next(line for line in lines if line.startswith("hellaswag") and " acc_norm " in line)
+    assert any(line.startswith("--text ") and " bpb " in line for line in lines)
     assert row.split()[2] == f"{results['tasks']['hellaswag']['acc_norm']:.4f}"
     assert lines[-1] == f"wrote {out}"
 

@@ -77,9 +77,10 @@ def evaluate(
             )
     if rank != 0:
         return
-    if text:
-        results = {**results, "text": {"bpb": bpb["bpb"], "loss": bpb["loss"], "n": bpb["tokens"]}}
-    print(table(results))
+    rows = dict(results)
+    if text:  # a row label no task name can take (a task name is a file name or --tasks word)
+        rows["--text"] = {"bpb": bpb["bpb"], "loss": bpb["loss"], "n": bpb["tokens"]}
+    print(table(rows))
     if out is not None:
         _write_results(out, ckpt_path, model.precision, limit, results, text, bpb if text else None)
         print(f"wrote {out}")
@@ -120,9 +121,8 @@ def _processes(device: str, devices: int):
 def _write_results(out, ckpt_path, precision, limit, results, text, bpb) -> None:
     from lit_gpt_scratch.files import write_atomic
 
-    tasks = {name: metrics for name, metrics in results.items() if name != "text"}
     document = {"checkpoint": str(ckpt_path), "precision": precision, "limit": limit}
-    document["tasks"] = tasks
+    document["tasks"] = results
     if text:
         document["text"] = {"path": str(text), **bpb}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

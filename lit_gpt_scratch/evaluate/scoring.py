@@ -81,15 +81,16 @@ def score(forward: Forward, requests: list[Encoded], device: torch.device | str)
     for row, request in enumerate(requests):
         idx[row, : len(request.tokens) - 1] = torch.tensor(request.tokens[:-1])
     logits = forward(idx.to(device))  # (N, T, V)
-    scores = []
+    sums, matches = [], []
     for row, request in enumerate(requests):
         read, n = len(request.tokens) - 1, request.n_scored
         logprobs = F.log_softmax(logits[row, read - n : read].float(), dim=-1)  # (n, V)
         targets = torch.tensor(request.tokens[-n:], device=logprobs.device)  # (n,)
-        loglikelihood = logprobs.gather(-1, targets[:, None]).sum()
-        greedy = bool((logprobs.argmax(dim=-1) == targets).all())
-        scores.append(Score(float(loglikelihood), greedy))
-    return scores
+        sums.append(logprobs.gather(-1, targets[:, None]).sum())
+        matches.append((logprobs.argmax(dim=-1) == targets).all())
+    # one read back from the device for the whole batch, not two per request
+    lls, greedy = torch.stack(sums).tolist(), torch.stack(matches).tolist()
+    return [Score(ll, g) for ll, g in zip(lls, greedy, strict=True)]
 
 
 def batches(requests: Iterable, size: int) -> Iterable[list]:
