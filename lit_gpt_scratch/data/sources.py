@@ -419,26 +419,32 @@ def parse_hf_source(source: str) -> tuple[str, dict[str, str]]:
     return dataset, options
 
 
-def hf_documents(source: str, text_field: str) -> Iterator[str]:
-    """The texts of a Hugging Face dataset, streamed record by record."""
+def open_hf_stream(source: str, where: str, default_split: str = "train"):
+    """(dataset id, its records streamed) of an ``hf:`` spec; each UserError starts with
+    ``where`` (what the spec is to the user: a source, a task)."""
     dataset_id, options = parse_hf_source(source)
     try:
         import datasets
     except ImportError:
         raise UserError(
-            f"source {source}: needs the 'datasets' package: pip install 'lit-gpt-scratch[hf]'"
+            f"{where}: needs the 'datasets' package: pip install 'lit-gpt-scratch[hf]'"
         ) from None
     try:
         stream = datasets.load_dataset(
             dataset_id,
             name=options.get("name"),
-            split=options.get("split", "train"),
+            split=options.get("split", default_split),
             data_files=options.get("data_files"),
             streaming=True,
         )
     except Exception as e:
-        reason = one_line(e)
-        raise UserError(f"source {source}: cannot open the dataset ({reason})") from None
+        raise UserError(f"{where}: cannot open the dataset ({one_line(e)})") from None
+    return dataset_id, stream
+
+
+def hf_documents(source: str, text_field: str) -> Iterator[str]:
+    """The texts of a Hugging Face dataset, streamed record by record."""
+    _, stream = open_hf_stream(source, f"source {source}")
     for n, record in enumerate(stream):
         yield _text_field(record, text_field, f"source {source}: record {n}")
 

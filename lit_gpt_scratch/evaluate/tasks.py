@@ -315,25 +315,9 @@ def _records(name: str, source: str) -> Iterator[tuple[str, dict]]:
 
 
 def _hf_records(name: str, source: str) -> Iterator[tuple[str, dict]]:
-    from lit_gpt_scratch.data.sources import parse_hf_source
+    from lit_gpt_scratch.data.sources import open_hf_stream
 
-    dataset_id, options = parse_hf_source(source)
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(
-            f"task {name}: {source} needs the 'datasets' package: pip install 'lit-gpt-scratch[hf]'"
-        ) from None
-    try:
-        rows = datasets.load_dataset(
-            dataset_id,
-            name=options.get("name"),
-            split=options.get("split", "validation"),
-            data_files=options.get("data_files"),
-            streaming=True,
-        )
-    except Exception as e:
-        raise UserError(f"task {name}: cannot open {source} ({one_line(e, 200)})") from None
+    dataset_id, rows = open_hf_stream(source, f"task {name}: {source}", "validation")
     for n, record in enumerate(rows):
         yield f"{dataset_id} record {n}", dict(record)
 
