@@ -126,3 +126,17 @@ class CountGradientAllReduces(L.Callback):
         assert dist.is_initialized()
         bucket_view = trainer.strategy.model.gradient_as_bucket_view
         write_rank_file(self.out, trainer, {"counts": self.counts, "bucket_view": bucket_view})
+
+
+class RecordBatches(L.Callback):
+    """``{out}-rank{r}.json``: every micro-batch this rank trained on, as token lists, with the
+    optimizer step it belongs to: ``[[step, [[ids of window 0], ...]], ...]`` in order."""
+
+    def __init__(self, out: str):
+        self.out, self.batches = out, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append([trainer.global_step, batch.tolist()])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        write_rank_file(self.out, trainer, self.batches)

@@ -78,6 +78,24 @@ def run_prepare(args: list[str]) -> int:
     return 0
 
 
+def run_show_batch(args: list[str]) -> int:
+    from lit_gpt_scratch.cli.show_batch import add_options, show, trainer_overrides
+
+    # A training config's data: section, the other sections accepted, as prepare reads them
+    parser = prepare_parser()
+    parser.prog = "lit-gpt-scratch show_batch"
+    parser.description = (
+        "Print the exact windows that optimizer step --step of this config's run trained on, "
+        "decoded (the train sampler is a seeded permutation: nothing is trained)."
+    )
+    add_options(parser)
+    overrides, args = trainer_overrides(args)
+    cfg = parse(parser, args)
+    trainer = {**(cfg.trainer if isinstance(cfg.trainer, dict) else {}), **overrides}
+    show(cfg, trainer, cfg.step, cfg.rank, cfg.micro_batch, cfg.world_size)
+    return 0
+
+
 def function_command(
     name: str, module: str = "lit_gpt_scratch.cli.commands"
 ) -> Callable[[list[str]], int]:
@@ -135,6 +153,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "test": ("evaluate a checkpoint on the test (= val) split", lightning_command("test")),
     "predict": ("per-window loss of the val split", lightning_command("predict")),
     "prepare": ("tokenize a corpus into token shards (reads the data: section)", run_prepare),
+    "show_batch": (
+        "decode the windows a step of a run trained on (reads the data: section)",
+        run_show_batch,
+    ),
     "train_tokenizer": (
         "fit a BPE vocabulary to a corpus (writes a .tiktoken file)",
         function_command("train_tokenizer", "lit_gpt_scratch.tokenizer.training"),

@@ -229,6 +229,12 @@ class WindowSampler(Sampler[list[int]]):
         mine = slots[self.rank :: self.world_size][: self.batches_per_epoch * self.batch_size]
         return (offset + mine * self.window).view(self.batches_per_epoch, self.batch_size)
 
+    def batch_at(self, consumed: int) -> torch.Tensor:
+        """(batch_size,) the start positions of this rank's batch number ``consumed`` (from 0),
+        counted from the run's start: the batch the run trains on after ``consumed`` others."""
+        epoch, index = divmod(consumed, self.batches_per_epoch)
+        return self.epoch_batches(epoch)[index]
+
     def __iter__(self) -> Iterator[list[int]]:
         epoch, index = self.epoch, self.index  # resume at the consumed position, not the yielded
         while True:
