@@ -85,3 +85,23 @@ def test_batch_at_is_the_batch_the_sampler_yields_that_far_in_across_epochs(rank
     assert sampler.batches_per_epoch < 20  # so the 40 batches below cross epoch ends
     yielded = list(islice(iter(sampler), 40))
     assert [sampler.batch_at(k).tolist() for k in range(40)] == yielded
+
+
+@pytest.mark.slow
+def test_with_two_processes_each_rank_shows_what_it_trained_on(tmp_path, cli):
+    from gloo_runs import DDP, fit, probe
+
+    out = tmp_path / "run" / "batches"
+    fit(tmp_path / "run", tmp_path / "data", devices=2, batch=4, strategy=DDP,
+        callbacks=probe("RecordBatches", out))  # fmt: skip
+    args = small_run_args(tmp_path / "corpus", tmp_path / "data", **{"data.batch_size": "4"})
+    tok = load_tokenizer("stdlib-4k")
+    for step in range(4):
+        result = cli("show_batch", *args, *DDP, f"--step={step}")
+        assert result.returncode == 0, result.stderr
+        windows = shown(result.stdout)
+        for rank in (0, 1):
+            _, batch = recorded(out, rank)[step]
+            assert [windows[(step, rank, 0, i)] for i in range(4)] == [
+                tok.decode(ids) for ids in batch
+            ]
