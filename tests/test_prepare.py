@@ -80,7 +80,7 @@ def test_raw_shards_are_little_endian_without_header(corpus, tmp_path):
 
 def test_val_split_is_never_empty_with_two_documents(tmp_path):
     src = write_text_corpus(tmp_path / "c", ["first document here", "second one"])
-    meta = run(src, tmp_path / "out", val_fraction=0.001, block_size=2)
+    meta = run(src, tmp_path / "out", val_fraction=0.001, block_size=2, val_split="documents")
     assert meta["documents"] == {"train": 1, "val": 1}
 
 
@@ -635,10 +635,11 @@ def test_ctrl_c_during_fits_prepare_is_exit_130_with_the_progress_kept(tmp_path)
 
 def test_corpus_smaller_than_one_window_leaves_nothing(tmp_path):
     src = write_text_corpus(tmp_path / "c", ["tiny", "docs"])
+    # auto holds out tails (2 documents, fewer than 10): a 1-token document's tail is all of it
     with pytest.raises(
         UserError,
         match=r"smaller than one training window: the train split has "
-        r"2 tokens, block_size 8 needs 9",
+        r"0 tokens, block_size 8 needs 9",
     ):
         run(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
