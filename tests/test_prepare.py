@@ -213,21 +213,24 @@ def crash_at(monkeypatch, n: int | None) -> list[int]:
     return count
 
 
-def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monkeypatch):
-    run(corpus, tmp_path / "ref")
+@pytest.mark.parametrize("val_split", ["auto", "tail"])  # auto: whole documents here
+def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monkeypatch, val_split):
+    run(corpus, tmp_path / "ref", val_split=val_split)
     reference = dir_bytes(tmp_path / "ref")
+    rule = {"auto": "documents", "tail": "tail"}[val_split]
+    assert json.loads(reference[META])["val_split"]["rule"] == rule
     with monkeypatch.context() as m:
         events = crash_at(m, None)
-        run(corpus, tmp_path / "count")
+        run(corpus, tmp_path / "count", val_split=val_split)
     assert events[0] > 100
     for n in range(1, events[0] + 1):
         out = tmp_path / f"k{n}"
         with monkeypatch.context() as m:
             crash_at(m, n)
             with pytest.raises(Crash):
-                run(corpus, out)
+                run(corpus, out, val_split=val_split)
             assert not (out / META).exists()
-            run(corpus, out)
+            run(corpus, out, val_split=val_split)
         assert dir_bytes(out) == reference, f"crash before event {n}"
 
 
