@@ -249,8 +249,9 @@ def _count_documents(count: WholeDocumentCount, chunks, tok: Tokenizer, workers)
 
 
 def documents_with_split(chunks, val_fraction: float) -> Iterator[tuple[bool, str]]:
-    """Each non-empty document of ``chunks``, in order, with whether ``prepare`` holds it out
-    for val at ``val_fraction`` (0: none). For readers of the sources outside ``prepare``."""
+    """Each non-empty document of ``chunks``, in order, with whether ``prepare``'s documents
+    rule holds it out for val at ``val_fraction`` (0: none). For readers of the sources outside
+    ``prepare``; the tail rule cuts tokens, which text readers do not see."""
     index = 0
     for chunk in chunks:
         for doc in chunk.documents():
