@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BASES = ("tiny", "124m")  # whole configs of their own
+BASES = ("tiny", "124m", "shakespeare-char")  # whole configs of their own
 # copy: (the configs it is built from, layered in this order; what it changes, as YAML)
 COPIES = {
     "350m": (

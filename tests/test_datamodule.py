@@ -164,10 +164,15 @@ def test_splits_smaller_than_one_window_are_refused(prepared, corpus, tmp_path):
     ):
         big_window.setup("fit")
     src = write_text_corpus(tmp_path / "short_val", [" ".join(LOREM), "hi"])
-    small_val = make(src, tmp_path / "small_val", val_fraction=0.5)
+    small_val = make(src, tmp_path / "small_val", val_fraction=0.5, val_split="documents")
     small_val.prepare_data()
     for stage in ("fit", "validate", "test"):
-        with pytest.raises(UserError, match=r"the val split of .* has 2 tokens, fewer than one"):
+        with pytest.raises(
+            UserError,
+            match=r"the val split of .* has 2 tokens, fewer than one window of block_size \+ 1 "
+            r"= 9: raise data.val_fraction, or hold out the tail of each document: "
+            r"data.val_split: tail$",
+        ):
             small_val.setup(stage)
     small_val.setup("predict")  # no val needed
 

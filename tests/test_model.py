@@ -31,6 +31,9 @@ EXPECTED_PARAMS = {  # GPT-2's published sizes; tiny and llama are ours
     "tiny": 1_350_400,
     # 4 x (128 x 384 + 128 x 128 + 2 x 128 x 512 + 2 x 128 + 2 x 32) + 2 x 4096 x 128 + 128
     "tiny-modern": 1_836_416,
+    # 4 x (128 x 384 + 128 x 128 + 2 x 128 x 512 + 2 x 128) + 257 x 128 + 64 x 128 + 128: no
+    # biases, the 257 byte ids, tied
+    "shakespeare-char": 828_672,
 }
 
 

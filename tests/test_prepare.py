@@ -80,7 +80,7 @@ def test_raw_shards_are_little_endian_without_header(corpus, tmp_path):
 
 def test_val_split_is_never_empty_with_two_documents(tmp_path):
     src = write_text_corpus(tmp_path / "c", ["first document here", "second one"])
-    meta = run(src, tmp_path / "out", val_fraction=0.001, block_size=2)
+    meta = run(src, tmp_path / "out", val_fraction=0.001, block_size=2, val_split="documents")
     assert meta["documents"] == {"train": 1, "val": 1}
 
 
@@ -213,21 +213,24 @@ def crash_at(monkeypatch, n: int | None) -> list[int]:
     return count
 
 
-def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monkeypatch):
-    run(corpus, tmp_path / "ref")
+@pytest.mark.parametrize("val_split", ["auto", "tail"])  # auto: whole documents here
+def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monkeypatch, val_split):
+    run(corpus, tmp_path / "ref", val_split=val_split)
     reference = dir_bytes(tmp_path / "ref")
+    rule = {"auto": "documents", "tail": "tail"}[val_split]
+    assert json.loads(reference[META])["val_split"]["rule"] == rule
     with monkeypatch.context() as m:
         events = crash_at(m, None)
-        run(corpus, tmp_path / "count")
+        run(corpus, tmp_path / "count", val_split=val_split)
     assert events[0] > 100
     for n in range(1, events[0] + 1):
         out = tmp_path / f"k{n}"
         with monkeypatch.context() as m:
             crash_at(m, n)
             with pytest.raises(Crash):
-                run(corpus, out)
+                run(corpus, out, val_split=val_split)
             assert not (out / META).exists()
-            run(corpus, out)
+            run(corpus, out, val_split=val_split)
         assert dir_bytes(out) == reference, f"crash before event {n}"
 
 
@@ -635,10 +638,11 @@ def test_ctrl_c_during_fits_prepare_is_exit_130_with_the_progress_kept(tmp_path)
 
 def test_corpus_smaller_than_one_window_leaves_nothing(tmp_path):
     src = write_text_corpus(tmp_path / "c", ["tiny", "docs"])
+    # auto holds out tails (2 documents, fewer than 10): a 1-token document's tail is all of it
     with pytest.raises(
         UserError,
         match=r"smaller than one training window: the train split has "
-        r"2 tokens, block_size 8 needs 9",
+        r"0 tokens, block_size 8 needs 9",
     ):
         run(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()

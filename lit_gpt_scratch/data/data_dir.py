@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lit_gpt_scratch.data.shards import META, SHARD_RE, SPLITS, ShardWriter
+from lit_gpt_scratch.data.val_split import auto_picks_documents
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.files import LOCK_NAME, FolderLock, is_temporary, write_atomic
 
@@ -27,7 +28,7 @@ STATE = "prepare_state.json"
 
 
 def already_prepared(out: Path, meta: dict, settings: dict, block_size: int) -> dict:
-    refuse_if_changed(out, meta["settings"], settings)
+    refuse_if_changed(out, _with_val_split(meta["settings"], settings, meta, block_size), settings)
     check_complete(out, meta, block_size)
     for name in (STATE, LOCK_NAME):  # left if killed between meta.json and cleanup
         if (out / name).exists():
@@ -55,8 +56,22 @@ def refuse_if_other_run(out: Path, run_settings: dict) -> dict | None:
     """The checkpoint of an interrupted run, refused if it was made with other settings."""
     state = read_json(out / STATE)
     if state is not None:
-        refuse_if_changed(out, state["settings"], run_settings)
+        refuse_if_changed(out, _with_val_split(state["settings"], run_settings), run_settings)
     return state
+
+
+def _with_val_split(before: dict, now: dict, meta: dict | None = None, block_size: int = 0):
+    """Settings from before ``val_split`` existed, as they would read today: made by whole
+    documents, which is also what ``auto`` asks for where it would have picked them (a
+    complete directory's counts tell; an interrupted run's do not yet)."""
+    if "val_split" in before or "val_split" not in now:
+        return before
+    auto = (
+        now["val_split"] == "auto"
+        and meta is not None
+        and auto_picks_documents(meta, now["val_fraction"], block_size)
+    )
+    return {**before, "val_split": "auto" if auto else "documents"}
 
 
 def write_json(path: Path, obj: dict) -> None:

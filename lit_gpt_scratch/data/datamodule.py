@@ -4,7 +4,7 @@
     tokenizer and the model ─► train: infinite WindowSampler batches / val, test: ValWindows
     (+ named val sets: text files tokenized here, scored whole by LitGPT: ``val_set_batches``)
 
-A training config's ``data:`` section is this constructor's arguments; the first eight are
+A training config's ``data:`` section is this constructor's arguments; the first nine are
 ``prepare``'s, so ``lit-gpt-scratch prepare --config run.yaml`` and ``fit --config run.yaml``
 make and read the same directory.
 
@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from lit_gpt_scratch.data.prepare import prepare_from_config
 from lit_gpt_scratch.data.val_sets import ValSetBatches, read_val_set
+from lit_gpt_scratch.data.val_split import ValSplit, val_remedy
 from lit_gpt_scratch.data.windows import (
     TokenStream,
     TrainWindows,
@@ -54,12 +55,18 @@ class TokenDataModule(L.LightningDataModule):
             ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``.
         tokenizer: ``gpt2`` (offline), another tiktoken encoding name, or a ``.tiktoken`` file.
         data_dir: Directory of ``{train,val}_NNNNNN.bin`` and ``meta.json``.
-        val_fraction: Share of documents held out for validation, in (0, 0.5].
+        val_fraction: Share held out for validation, in (0, 0.5]: of the documents, or of
+            each document's tokens (see ``val_split``).
         block_size: Model context length; a sample is a window of ``block_size + 1`` tokens
             (inputs and the targets shifted by one). Must equal the model's ``block_size``.
         shard_tokens: Tokens per shard file (the last shard of a split is shorter).
         text_field: Field of ``.jsonl`` records, column of ``.parquet`` files and datasets.
         prepare_workers: Tokenizer processes; None uses every core, 0 tokenizes in-process.
+        val_split: How val is held out: ``documents`` (whole documents), ``tail`` (the last
+            ``val_fraction`` of each document, cut after a line end, as nanoGPT splits its
+            one file), or ``auto``: whole documents when there are at least
+            ``round(1 / val_fraction)`` and the held-out ones make a window of
+            ``block_size + 1`` tokens, else the tails (a one-file corpus).
         batch_size: Windows per batch, per device.
         num_workers: DataLoader worker processes (0 reads in the training process).
         pin_memory: Pin batches in page-locked memory (only when CUDA is available).
@@ -90,6 +97,7 @@ class TokenDataModule(L.LightningDataModule):
         shard_tokens: int = 100_000_000,
         text_field: str = "text",
         prepare_workers: int | None = None,
+        val_split: ValSplit = "auto",
         batch_size: int = 8,
         num_workers: int = 0,
         pin_memory: bool = True,
@@ -152,7 +160,7 @@ class TokenDataModule(L.LightningDataModule):
         if stage in (None, "fit"):
             check_holds_a_window(self.train_stream, self.window, "add sources or lower block_size")
         if stage in (None, "fit", "validate", "test"):
-            check_holds_a_window(self.val_stream, self.window, "raise data.val_fraction")
+            check_holds_a_window(self.val_stream, self.window, val_remedy(self.meta))
             self._val_sets = self._tokenize_val_sets()
         module = self.trainer.lightning_module if self.trainer is not None else None
         gpt = getattr(module, "gpt", None)
@@ -221,7 +229,7 @@ class TokenDataModule(L.LightningDataModule):
         if len(windows) == 0:
             raise UserError(
                 f"the val split of {self.hparams.data_dir} has fewer windows than the "
-                f"{world} ranks: raise data.val_fraction"
+                f"{world} ranks: {val_remedy(self.meta)}"
             )
         return DataLoader(
             windows, batch_size=self.hparams.batch_size, shuffle=False, **self._loader_options()

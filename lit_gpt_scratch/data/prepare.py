@@ -6,9 +6,9 @@ Guarantees:
 
 - Deterministic: the same sources and settings give byte-identical files, whatever the number
   of workers (results are consumed in chunk order).
-- Validation is chosen by whole documents: document ``i`` (0-based, counting non-empty ones)
-  goes to ``val`` when ``i % round(1 / val_fraction) == 1``, so any corpus of two or more
-  documents has a non-empty val split.
+- Validation is held out by ``val_split`` (``val_split.py``): whole documents, or the tail
+  of each document (cut at a line end), which ``auto`` picks when the corpus has too few
+  documents for the first; the summary line and meta.json say which.
 - Atomic and resumable: shards appear under their final name only when complete, progress is
   checkpointed to ``prepare_state.json`` at chunk boundaries, and ``meta.json`` is written last.
   A rerun after a kill continues from the last checkpoint and ends byte-identical to an
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import inspect
 import logging
 import multiprocessing
@@ -36,8 +37,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from pathlib import Path
-
-import numpy as np
 
 from lit_gpt_scratch.data.data_dir import (
     STATE,
@@ -68,6 +67,20 @@ from lit_gpt_scratch.data.tokenize import (
     tokenize_chunk,
     tokenize_in_worker,
 )
+from lit_gpt_scratch.data.val_split import (
+    VAL_SPLITS,
+    Choice,
+    Split,
+    ValSplit,
+    WholeDocumentCount,
+    choice_from_state,
+    describe,
+    is_val_document,
+    most_documents,
+    split_documents,
+    split_tails,
+    val_remedy,
+)
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.files import FolderLock, sync_folder
 from lit_gpt_scratch.tokenizer.encodings import Tokenizer, load_tokenizer
@@ -77,7 +90,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CHECKPOINT_SECONDS = 5.0  # how often progress is made durable, at most
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
-COUNTERS = ("bytes", "invalid_utf8", "lookalikes", "empty", "train_documents", "val_documents")
+COUNTERS = (
+    *("bytes", "invalid_utf8", "lookalikes", "empty"),
+    *("documents", "train_documents", "val_documents"),  # under tail, one document is in both
+)
 
 
 def prepare(
@@ -89,6 +105,7 @@ def prepare(
     shard_tokens: int = 100_000_000,
     text_field: str = "text",
     prepare_workers: int | None = None,
+    val_split: ValSplit = "auto",
     progress: bool = True,
 ) -> dict:
     """Tokenize ``sources`` into ``data_dir`` (shards + meta.json) and return the meta dict.
@@ -98,15 +115,20 @@ def prepare(
             ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``.
         tokenizer: ``gpt2`` (offline), another tiktoken encoding name, or a ``.tiktoken`` file.
         data_dir: Output directory for ``{train,val}_NNNNNN.bin`` and ``meta.json``.
-        val_fraction: Share of documents held out for validation, in (0, 0.5].
+        val_fraction: Share held out for validation, in (0, 0.5]: of the documents, or of
+            each document's tokens (see ``val_split``).
         block_size: Model context length; the train split must hold one window of
             ``block_size + 1`` tokens.
         shard_tokens: Tokens per shard file (the last shard of a split is shorter).
         text_field: Field of ``.jsonl`` records, column of ``.parquet`` files and datasets.
         prepare_workers: Tokenizer processes; None uses every core, 0 tokenizes in-process.
+        val_split: How val is held out: ``documents`` (whole documents), ``tail`` (the last
+            ``val_fraction`` of each document, cut after a line end), or ``auto``: whole
+            documents when there are at least ``round(1 / val_fraction)`` and the held-out
+            ones make a window of ``block_size + 1`` tokens, else the tails.
         progress: Show a progress bar (MB/s and tokens) on stderr.
     """
-    _check_options(val_fraction, block_size, shard_tokens, prepare_workers)
+    _check_options(val_fraction, block_size, shard_tokens, prepare_workers, val_split)
     refuse_data_dir_in_sources(Path(data_dir), sources)
     tok = load_tokenizer(tokenizer)
     plan = plan_sources(sources, text_field)
@@ -118,6 +140,7 @@ def prepare(
         "sources": [_normalize_source(s) for s in sources],
         "manifest": plan.manifest,
         "val_fraction": val_fraction,
+        "val_split": val_split,  # as asked: auto's pick is in meta.json's val_split
         "shard_tokens": shard_tokens,
         "text_field": text_field,
     }
@@ -140,8 +163,19 @@ def prepare(
             lock.remove_and_release()
             return already_prepared(out, meta, settings, block_size)
         state = refuse_if_other_run(out, run_settings)
+        if state is not None:  # the interrupted run's rule: auto decides once per directory
+            choice = choice_from_state(state)
+        else:
+            replan = functools.partial(plan_sources, sources, text_field, plan.chunk_bytes)
+            try:
+                choice = _choose(
+                    val_split, val_fraction, block_size, plan, replan, tok, prepare_workers
+                )
+            except UserError:  # bad input met while counting: leave nothing behind
+                remove_outputs(out, remove_dir=created, lock=lock)
+                raise
         writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
-        run = _Run(out, tok, writers, val_fraction, run_settings, state)
+        run = _Run(out, tok, writers, val_fraction, choice, run_settings, state)
         try:
             try:
                 run.tokenize(plan.chunks, plan.total_bytes, prepare_workers, progress)
@@ -179,15 +213,45 @@ def prepare_from_config(data: dict, progress: bool = True) -> dict:
     return prepare(**{k: v for k, v in data.items() if k in options}, progress=progress)
 
 
-def is_val_document(doc_index, val_fraction: float):
-    """The val rule: document ``i`` (counting non-empty documents from 0) is held out when
-    ``i % round(1 / val_fraction) == 1``. Works on an int or on an array of indices."""
-    return doc_index % round(1 / val_fraction) == 1
+def _choose(val_split: str, val_fraction, block_size, plan, replan, tok, workers) -> Choice:
+    """The rule of a fresh run. ``auto`` counts documents (tokenizing them) only as far as it
+    must: not at all when planning alone shows too few (a one-file corpus costs nothing
+    more), else until there are enough. ``replan()``: the same sources planned afresh."""
+    if val_split != "auto":
+        return Choice(val_split, "asked")
+    count = WholeDocumentCount(val_fraction, block_size)
+    most = most_documents(plan.chunks)
+    if most is not None and most < round(1 / val_fraction):
+        return count.choice()
+    log.info("val_split auto: counting documents (up to %d)", round(1 / val_fraction))
+    # A stream can be read once: the count reads a fresh one and leaves the plan's to the run.
+    chunks = plan.chunks if isinstance(plan.chunks, list) else replan().chunks
+    _count_documents(count, chunks, tok, workers)
+    return count.choice()
+
+
+def _count_documents(count: WholeDocumentCount, chunks, tok: Tokenizer, workers) -> None:
+    """Tokenize ``chunks`` into ``count`` until it has enough; stoppable as the run is."""
+    with (
+        stop_requests() as stop,
+        contextlib.closing(_map_in_order(iter(chunks), tok, workers)) as results,
+    ):
+        try:
+            for result in results:
+                count.add(result.doc_lengths)
+                if count.enough or stop:
+                    break
+        except BrokenProcessPool:
+            if not stop:
+                raise
+        if stop:  # nothing is written yet: a rerun counts again
+            stop.raise_it()
 
 
 def documents_with_split(chunks, val_fraction: float) -> Iterator[tuple[bool, str]]:
-    """Each non-empty document of ``chunks``, in order, with whether ``prepare`` holds it out
-    for val at ``val_fraction`` (0: none). For readers of the sources outside ``prepare``."""
+    """Each non-empty document of ``chunks``, in order, with whether ``prepare``'s documents
+    rule holds it out for val at ``val_fraction`` (0: none). For readers of the sources outside
+    ``prepare``; the tail rule cuts tokens, which text readers do not see."""
     index = 0
     for chunk in chunks:
         for doc in chunk.documents():
@@ -199,9 +263,11 @@ def documents_with_split(chunks, val_fraction: float) -> Iterator[tuple[bool, st
 class _Run:
     """One pass over the chunks, resumable from a checkpoint ``state``."""
 
-    def __init__(self, out: Path, tok: Tokenizer, writers, val_fraction, settings, state):
+    def __init__(
+        self, out: Path, tok: Tokenizer, writers, val_fraction, choice: Choice, settings, state
+    ):
         self.out, self.tok, self.writers, self.settings = out, tok, writers, settings
-        self.val_fraction = val_fraction
+        self.val_fraction, self.choice = val_fraction, choice
         if state is None:
             remove_outputs(out, remove_dir=False)  # strays from a run killed before its 1st sync
             self.next_chunk = 0
@@ -209,7 +275,8 @@ class _Run:
             self.binary_files: list[str] = []  # found binary by the workers, past the probe
         else:
             self.next_chunk = state["next_chunk"]
-            self.counters = state["counters"]
+            c = state["counters"]  # one from before "documents" was counted used whole documents
+            self.counters = {"documents": c["train_documents"] + c["val_documents"], **c}
             self.binary_files = state.get("binary_files", [])
             try:
                 for split, w in writers.items():
@@ -221,10 +288,6 @@ class _Run:
             log.info("resuming %s at chunk %d", out, self.next_chunk)
         self.started = time.perf_counter()
         self.bytes_at_start = self.counters["bytes"]
-
-    @property
-    def documents(self) -> int:
-        return self.counters["train_documents"] + self.counters["val_documents"]
 
     def tokenize(self, chunks: Iterable[Chunk], total_bytes, workers, progress) -> None:
         last_sync = time.monotonic()
@@ -258,24 +321,23 @@ class _Run:
         return sum(w.total for w in self.writers.values())
 
     def _route(self, result: ChunkTokens) -> None:
-        """Send each document of the chunk to train or val, keeping document order."""
-        doc_index = self.documents + np.arange(len(result.doc_lengths))
-        is_val = is_val_document(doc_index, self.val_fraction)
-        ends = np.cumsum(result.doc_lengths)
-        starts = ends - result.doc_lengths
-        pos = 0
-        for j in np.flatnonzero(is_val):
-            self.writers["train"].write(result.tokens[pos : starts[j]])
-            self.writers["val"].write(result.tokens[starts[j] : ends[j]])
-            pos = ends[j]
-        self.writers["train"].write(result.tokens[pos:])
-        n_val = int(is_val.sum())
-        self.counters["val_documents"] += n_val
-        self.counters["train_documents"] += len(is_val) - n_val
+        """Send the chunk's tokens to train and val by the rule, keeping document order."""
+        split = self._split(result)
+        self.writers["train"].write(split.train)
+        self.writers["val"].write(split.val)
+        self.counters["documents"] += len(result.doc_lengths)
+        self.counters["train_documents"] += split.train_documents
+        self.counters["val_documents"] += split.val_documents
         for key in ("invalid_utf8", "lookalikes", "empty"):
             self.counters[key] += getattr(result, key)
         self.binary_files += result.binary_files
         self.counters["bytes"] += result.nbytes
+
+    def _split(self, result: ChunkTokens) -> Split:
+        tokens, lengths = result.tokens, result.doc_lengths
+        if self.choice.rule == "tail":
+            return split_tails(tokens, lengths, self.val_fraction, self.tok.ends_line)
+        return split_documents(tokens, lengths, self.counters["documents"], self.val_fraction)
 
     def _checkpoint(self) -> None:
         """Make everything so far durable, then record where a rerun continues."""
@@ -288,11 +350,12 @@ class _Run:
             "tokens": {s: w.total for s, w in self.writers.items()},
             "counters": self.counters,
             "binary_files": self.binary_files,
+            "val_split": self.choice.as_dict(),
         }
         write_json(self.out / STATE, state)
 
     def finish(self, sources: list[str], block_size: int, skipped_binary: list[str]) -> dict:
-        if self.documents == 0:
+        if self.counters["documents"] == 0:
             raise UserError(f"the corpus is empty: sources {sources} hold only empty documents")
         train, val = self.writers["train"].total, self.writers["val"].total
         if train < block_size + 1:
@@ -314,6 +377,10 @@ class _Run:
             "splits": splits,
             "tokens": {"train": train, "val": val},
             "documents": {"train": c["train_documents"], "val": c["val_documents"]},
+            "val_split": {
+                "rule": self.choice.rule,
+                "why": self.choice.why(c["documents"], self.val_fraction, block_size),
+            },
             "sources": sources,
             "stats": {
                 "source_bytes": c["bytes"],
@@ -335,7 +402,7 @@ class _Run:
         docs, tokens, stats = meta["documents"], meta["tokens"], meta["stats"]
         log.info(
             "prepared %s: train %s tokens (%s documents), val %s tokens (%s documents), "
-            "%s, %.1f MB in %.1f s (%.1f MB/s)",
+            "%s, %.1f MB in %.1f s (%.1f MB/s); val: %s",
             self.out,
             f"{tokens['train']:,}",
             f"{docs['train']:,}",
@@ -345,6 +412,7 @@ class _Run:
             mb,
             seconds,
             mb / max(seconds, 1e-9),
+            describe(meta["val_split"]),
         )
         notes = {
             "invalid_utf8_documents": "documents with invalid UTF-8 (bad bytes became U+FFFD)",
@@ -359,9 +427,10 @@ class _Run:
             log.info("  skipped binary file %s", path)
         if tokens["val"] < block_size + 1:
             log.warning(
-                "  the val split has %d tokens, fewer than one window of %d: raise val_fraction",
+                "  the val split has %d tokens, fewer than one window of %d: %s",
                 tokens["val"],
                 block_size + 1,
+                val_remedy(meta),
             )
 
 
@@ -416,7 +485,9 @@ def _normalize_source(source: str) -> str:
     return os.path.abspath(os.path.expanduser(source))
 
 
-def _check_options(val_fraction, block_size, shard_tokens, workers) -> None:
+def _check_options(val_fraction, block_size, shard_tokens, workers, val_split) -> None:
+    if val_split not in VAL_SPLITS:
+        raise UserError(f"data.val_split must be one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
     if not 0 < val_fraction <= 0.5:
         raise UserError(f"data.val_fraction must be in (0, 0.5], got {val_fraction}")
     if block_size < 1:

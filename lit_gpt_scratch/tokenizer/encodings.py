@@ -89,6 +89,20 @@ class Tokenizer:
                     pass
         return lengths
 
+    @functools.cached_property
+    def ends_line(self) -> np.ndarray:
+        """Whether each id's text ends with a newline; False for special tokens and holes.
+        (vocab_size,) bool: where ``prepare``'s tail val split may cut a document."""
+        special = set(self.encoding._special_tokens.values())
+        ends = np.zeros(self.vocab_size, dtype=bool)
+        for i in range(self.vocab_size):
+            if i not in special:
+                try:
+                    ends[i] = self.encoding.decode_single_token_bytes(i).endswith(b"\n")
+                except KeyError:  # a hole in the ranks
+                    pass
+        return ends
+
     def __reduce__(self):
         # Worker processes rebuild the tokenizer from its spec instead of pickling 50k+ ranks.
         return (load_tokenizer, (self.spec,))
