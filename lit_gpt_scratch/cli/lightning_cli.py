@@ -18,10 +18,11 @@ import sys
 import threading
 from pathlib import Path
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -515,11 +516,14 @@ def _release_run_folders(failed: bool) -> None:
 
 
 def _run_cli() -> LitGPTCLI:
-    return LitGPTCLI(
-        LitGPT,
-        TokenDataModule,
-        auto_configure_optimizers=False,  # LitGPT builds its own param groups
-        trainer_defaults={
+    return LitGPTCLI(LitGPT, TokenDataModule, **_cli_options())
+
+
+def _cli_options() -> dict:
+    """LitGPTCLI's options, the same for a run and for ``training_config_keys``."""
+    return {
+        "auto_configure_optimizers": False,  # LitGPT builds its own param groups
+        "trainer_defaults": {
             "default_root_dir": RUNS_DIR,
             # TokenDataModule gives each rank its own windows: no DistributedSampler on top
             "use_distributed_sampler": False,
@@ -528,8 +532,38 @@ def _run_cli() -> LitGPTCLI:
                 "init_args": {"save_dir": RUNS_DIR, "name": "run"},
             },
         },
-        save_config_kwargs={"overwrite": False},
+        "save_config_kwargs": {"overwrite": False},
         # A bad key raises (run() makes it one line) instead of printing the whole usage;
         # no abbreviations, so a typo such as --trainer.max_step is an error, not max_steps.
-        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
-    )
+        "parser_kwargs": {"exit_on_error": False, "allow_abbrev": False},
+    }
+
+
+class _ParserBuilt(Exception):
+    """Carries the parser out of LightningCLI's constructor, which parses as soon as it has
+    built it: ``training_config_keys`` wants the parser, not a run."""
+
+    def __init__(self, parser: LightningArgumentParser):
+        super().__init__("parser built")
+        self.parser = parser
+
+
+class _TrainingParser(LitGPTCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        raise _ParserBuilt(parser)
+
+
+def training_config_keys() -> list[str]:
+    """The top-level keys of a ``fit`` config, read off the parser ``fit`` builds: the
+    sections LitGPTCLI adds, Lightning's own (``trainer``, ``model``, ``data``,
+    ``seed_everything``) and ``Trainer.fit``'s arguments (``ckpt_path``, ``weights_only``).
+    ``prepare`` accepts them all. Builds the parser only (a fraction of a second: Lightning is
+    imported already), parses and instantiates nothing."""
+    try:
+        _TrainingParser(LitGPT, TokenDataModule, run=False, **_cli_options())
+    except _ParserBuilt as built:
+        parser = built.parser
+    # run=False leaves out the subcommand's arguments: added as Lightning adds them to fit's
+    fit_skips = set(LightningCLI.subcommands()["fit"])
+    parser.add_method_arguments(Trainer, "fit", skip=fit_skips)
+    return list(parser.get_defaults().as_dict())
