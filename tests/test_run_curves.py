@@ -82,3 +82,21 @@ def test_the_best_checkpoint_is_named_and_ranked_by_its_own_validation(whole):
     index, value = min(val_losses(run), key=lambda p: p[1])
     assert best.name == f"step={index + 1}-val_loss={value:.3f}.ckpt"
     assert torch.load(best, weights_only=True)["global_step"] == index + 1
+
+
+def test_no_checkpoint_is_named_by_another_steps_validation(tmp_path):
+    """Saves every 2 steps, validations every 4, every file kept: before, step 6's file
+    carried step 4's val_loss (the one callback_metrics still held), ranked by it too."""
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM * 3)
+    saves = {"checkpoint.every_n_train_steps": "2", "checkpoint.save_top_k": "-1"}
+    done = fit(tmp_path, small_run_args(corpus, tmp_path / "data", **{**OVERRIDES, **saves}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / RUN
+    validated = {index + 1: value for index, value in val_losses(run)}  # by step
+    named = sorted((run / "checkpoints").glob("step=*.ckpt"))
+    assert [p.name.split("-")[0] for p in named] == ["step=4", "step=8"]
+    for path in named:
+        step = torch.load(path, weights_only=True)["global_step"]
+        assert path.name == f"step={step}-val_loss={validated[step]:.3f}.ckpt"
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 10  # the saves between validations still keep last.ckpt
