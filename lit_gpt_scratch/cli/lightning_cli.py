@@ -4,7 +4,7 @@ Top-level config sections: ``trainer``, ``model`` (LitGPT: ``gpt``, ``optimizer`
 ``lr_scheduler``, ``compile``), ``data`` (TokenDataModule), ``checkpoint`` (ModelCheckpoint),
 ``lr_monitor``, ``throughput``, ``samples``, ``downstream``, ``preemption``, and the top-level
 keys ``seed_everything``, ``ckpt_path``, ``global_batch_size`` (sets the accumulation from the
-device count) and ``val_every_n_steps``. ``data.block_size`` is linked to
+device count), ``val_every_n_steps`` and ``val_at_start``. ``data.block_size`` is linked to
 ``model.gpt.init_args.block_size``: write it once, under ``data``.
 """
 
@@ -60,6 +60,7 @@ from lit_gpt_scratch.train.run_folders import (
     run_of_checkpoint,
     runs_root,
 )
+from lit_gpt_scratch.train.validate_at_start import ValidateAtStart
 
 # `strategy: ddp`, and the DDP that `auto` picks for several devices: gradients live as views
 # into DDP's all-reduce buckets instead of beside them, a gradient-sized copy less (0.5 GB at
@@ -116,6 +117,14 @@ class LitGPTCLI(LightningCLI):
             default=None,
             help="Validate every this many optimizer steps, whatever the accumulation "
             "(instead of trainer.val_check_interval, which counts batches per device).",
+        )
+        parser.add_argument(
+            "--val_at_start",
+            type=bool,
+            default=True,
+            help="Validate once before the first step of a fresh fit (not of a resume), "
+            "logged at step 0: the curves start from the untrained model. Training is the "
+            "same with or without it.",
         )
 
     # Private Lightning methods overridden here, each for want of a public hook, and each
@@ -276,12 +285,14 @@ class LitGPTCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """``global_batch_size`` sets the accumulation and ``val_every_n_steps`` the
-        validation interval in batches. ``--ckpt_path`` to a weights-only
-        checkpoint (``import_hf``'s) starts a fine-tune: the weights load into the configured
-        model; optimizer and step count start fresh."""
+        """``global_batch_size`` sets the accumulation, ``val_every_n_steps`` the
+        validation interval in batches and ``val_at_start`` adds the validation at step 0.
+        ``--ckpt_path`` to a weights-only checkpoint (``import_hf``'s) starts a fine-tune: the
+        weights load into the configured model; optimizer and step count start fresh."""
         self._accumulate_for_global_batch()
         self._validate_every_n_steps()
+        if self.config[self.subcommand].get("val_at_start"):
+            self.trainer.callbacks.append(ValidateAtStart())
         logger = self.trainer.logger
         if self.purge_step is not None and isinstance(logger, TensorBoardLogger):
             # TensorBoard drops the folder's events at steps >= purge_step, the ones logged
