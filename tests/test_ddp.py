@@ -62,7 +62,7 @@ def test_ddp_crosses_epoch_ends_and_uneven_val_splits_in_step(single):
     ckpt = last_checkpoint(workdir)
     position = data_position(ckpt)
     assert ckpt["global_step"] == 20 and (position["epoch"], position["index"]) == (1, 4)
-    assert [step for step, _ in val_losses(workdir)] == [9, 19]
+    assert [step for step, _ in val_losses(workdir)] == [0, 9, 19]
     texts = samples(workdir)
     assert sorted(texts) == [10, 20] and all(text.strip("`\n ") for text in texts.values())
 
