@@ -19,12 +19,12 @@ def test_tokens_to_reach_interpolates_between_validations():
 
 def test_a_runs_val_losses_are_read_against_the_tokens_trained_on(tmp_path, cli, capsys):
     corpus = write_text_corpus(tmp_path / "corpus", LOREM)
-    # 6 steps of 4 windows x 32 tokens, validation after steps 3 and 6
+    # 6 steps of 4 windows x 32 tokens, validation before step 1 and after steps 3 and 6
     args = small_run_args(corpus, tmp_path / "data", **{"samples.every_n_steps": "0"})
     assert cli("fit", *args).returncode == 0
     run = tmp_path / "checkpoints/tiny/version_0"
     curve = read_curve("tiny", run)
-    assert curve.tokens.tolist() == [3 * 128, 6 * 128] and len(curve.loss) == 2
+    assert curve.tokens.tolist() == [0, 3 * 128, 6 * 128] and len(curve.loss) == 3
     assert curves.main(["--runs", f"a={run}", f"b={run}"]) == 0
     out = capsys.readouterr().out
     # the reference reaches its own final loss at its last validation: 1.00x of its tokens

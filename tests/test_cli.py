@@ -148,3 +148,32 @@ def test_tiny_config_on_the_stdlib(tmp_path):
     assert np.array_equal(train[: len(want)], want)
     rerun = run_command("prepare", "--config", "configs/tiny.yaml", f"--data.data_dir={out}")
     assert rerun.returncode == 0 and "nothing to do" in rerun.stderr
+
+
+CONFIGS = ROOT / "configs"
+TRAINING_CONFIGS = [[c] for c in sorted(CONFIGS.glob("*.yaml"))] + [
+    [CONFIGS / "tiny.yaml", overlay] for overlay in sorted((CONFIGS / "overlays").glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(
+    "configs", TRAINING_CONFIGS, ids=["+".join(c.stem for c in cs) for cs in TRAINING_CONFIGS]
+)
+def test_prepare_reads_every_training_config(cli, configs):
+    """prepare reads the data: section of any recipe (and any overlay stacked on one)."""
+    stacked = [arg for config in configs for arg in ("--config", str(config))]
+    result = cli("prepare", *stacked, "--print_config")
+    assert result.returncode == 0, result.stderr
+    assert "sources:" in result.stdout
+
+
+def test_prepare_reads_the_whole_config_a_run_saves(cli, tmp_path):
+    """A run folder's config.yaml holds every top-level key fit accepts, Lightning's own
+    (weights_only, ...) among them: prepare ignores each of them."""
+    saved = cli("fit", "--config", str(CONFIGS / "tiny.yaml"), "--print_config")
+    assert saved.returncode == 0, saved.stderr
+    config = tmp_path / "config.yaml"
+    config.write_text(saved.stdout)
+    result = cli("prepare", "--config", str(config), "--print_config")
+    assert result.returncode == 0, result.stderr
+    assert "data_dir: data/stdlib-4k" in result.stdout

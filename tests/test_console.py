@@ -42,6 +42,7 @@ def test_outside_a_terminal_progress_is_one_line_per_logging_step_and_validation
     assert "\r" not in run_output.stdout and "it/s" not in run_output.stdout
     steps = [(int(m[1]), m[2]) for m in (re.match(r"step (\d+)/6  (\S+)", x) for x in lines) if m]
     assert steps == [
+        (0, "val/loss"),  # val_at_start
         (2, "train/loss"),
         (3, "val/loss"),
         (4, "train/loss"),

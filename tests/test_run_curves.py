@@ -5,12 +5,13 @@ validation."""
 
 from __future__ import annotations
 
+import math
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import LOREM, small_run_args, write_text_corpus
+from conftest import LOREM, data_position, small_run_args, write_text_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_resume import fit, losses, signal_at
 
@@ -41,9 +42,40 @@ def whole(tmp_path_factory):
     return args, root / "whole" / RUN
 
 
-def test_the_uninterrupted_run_validates_at_4_and_8(whole):
+def test_the_uninterrupted_run_validates_at_the_start_and_at_4_and_8(whole):
     _, run = whole
-    assert [s for s, _ in val_losses(run)] == [3, 7]  # logged at the step index of steps 4, 8
+    # before step 1, at step 0; then at the step index of steps 4 and 8
+    assert [s for s, _ in val_losses(run)] == [0, 3, 7]
+
+
+def scalars_at(run: Path, step: int) -> dict[str, float]:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    return {tag: e.value for tag in tags for e in events.Scalars(tag) if e.step == step}
+
+
+def test_the_first_point_is_the_untrained_models(whole):
+    """At step 0, before any update: the loss of a uniform guess over the 4,096 ids."""
+    _, run = whole
+    first = scalars_at(run, 0)
+    assert abs(first["val/loss"] - math.log(4096)) < 0.15
+    assert first["val/ppl"] == pytest.approx(math.exp(first["val/loss"]), rel=1e-4)
+    assert 0 < first["val/bpb"] and "train/loss" in first
+
+
+def test_the_validation_at_the_start_leaves_training_bitwise_the_same(tmp_path, whole):
+    args, run = whole
+    without = fit(tmp_path, args, "--val_at_start=false")
+    assert without.returncode == 0, without.stderr[-3000:]
+    assert losses(tmp_path / RUN) == losses(run)
+    assert val_losses(tmp_path / RUN) == val_losses(run)[1:]  # only the step-0 point differs
+    a, b = (
+        torch.load(r / "checkpoints/last.ckpt", weights_only=True) for r in (run, tmp_path / RUN)
+    )
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert data_position(a) == data_position(b)
 
 
 @pytest.mark.parametrize("when", ["validation", pytest.param("start", marks=pytest.mark.slow)])
@@ -82,3 +114,22 @@ def test_the_best_checkpoint_is_named_and_ranked_by_its_own_validation(whole):
     index, value = min(val_losses(run), key=lambda p: p[1])
     assert best.name == f"step={index + 1}-val_loss={value:.3f}.ckpt"
     assert torch.load(best, weights_only=True)["global_step"] == index + 1
+
+
+def test_no_checkpoint_is_named_by_another_steps_validation(tmp_path):
+    """Saves every 2 steps, validations every 4, every file kept: before, step 6's file
+    carried step 4's val_loss (the one callback_metrics still held), ranked by it too."""
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM * 3)
+    saves = {"checkpoint.every_n_train_steps": "2", "checkpoint.save_top_k": "-1"}
+    done = fit(tmp_path, small_run_args(corpus, tmp_path / "data", **{**OVERRIDES, **saves}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / RUN
+    # by step (the first point is the start's, before any step)
+    validated = {index + 1: value for index, value in val_losses(run)[1:]}
+    named = sorted((run / "checkpoints").glob("step=*.ckpt"))
+    assert [p.name.split("-")[0] for p in named] == ["step=4", "step=8"]
+    for path in named:
+        step = torch.load(path, weights_only=True)["global_step"]
+        assert path.name == f"step={step}-val_loss={validated[step]:.3f}.ckpt"
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 10  # the saves between validations still keep last.ckpt

@@ -139,7 +139,7 @@ def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
         "lr-AdamW/pg1",
     ):
         assert tag in scalars, tag
-    assert [e.step for e in events.Scalars("val/loss")] == [2, 5]
+    assert [e.step for e in events.Scalars("val/loss")] == [0, 2, 5]  # 0: val_at_start
     assert "samples/text_summary" in events.Tags()["tensors"]
 
     # The checkpoint fit wrote serves generate and validate.
@@ -171,7 +171,7 @@ def test_fit_logs_checkpoints_and_resumes(run_dir, cli):
     resumed = EventAccumulator(str(run), size_guidance={"scalars": 0})
     resumed.Reload()
     assert [e.step for e in resumed.Scalars("train/loss")] == list(range(9))
-    assert [e.step for e in resumed.Scalars("val/loss")] == [2, 5, 8]
+    assert [e.step for e in resumed.Scalars("val/loss")] == [0, 2, 5, 8]  # one step-0 point
     assert load_gpt(run / "checkpoints" / "last.ckpt").gpt is not None
     assert not any((p / "checkpoints").exists() for p in run.parent.iterdir() if p != run)
 
@@ -194,7 +194,7 @@ def test_resume_drops_the_logs_written_after_the_checkpoint(run_dir, cli):
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == list(range(8))
-    assert [e.step for e in events.Scalars("val/loss")] == [2, 5]
+    assert [e.step for e in events.Scalars("val/loss")] == [0, 2, 5]
 
 
 def test_ckpt_path_last_with_no_run_starts_a_new_one(run_dir, cli, caplog):
@@ -259,8 +259,8 @@ def test_a_hundred_real_steps_lower_the_val_loss(run_dir, cli):
     )
     events.Reload()
     val = [e.value for e in events.Scalars("val/loss")]
-    assert len(val) == 2 and val[1] < val[0] - 0.5  # and far below ln(4096) = 8.3 at init
-    assert val[0] < 8.0
+    assert len(val) == 3 and abs(val[0] - math.log(4096)) < 0.15  # untrained, at step 0
+    assert val[2] < val[1] - 0.5 and val[1] < 8.0  # and far below it after 50 steps
 
 
 @pytest.mark.parametrize("tokenizer", ["stdlib-4k", "bytes"])
@@ -281,7 +281,7 @@ def test_val_bpb_is_the_loss_per_byte_of_the_windows_scored(run_dir, cli, tokeni
     assert result.returncode == 0, result.stderr
     events = EventAccumulator(str(run_dir / "checkpoints/tiny/version_0"))
     events.Reload()
-    [loss], [bpb] = (events.Scalars(f"val/{m}") for m in ("loss", "bpb"))
+    [_, loss], [_, bpb] = (events.Scalars(f"val/{m}") for m in ("loss", "bpb"))  # step 0, 3
     # The windows scored: val_windows 8 = limit_val_batches 2 x batch_size 4, all of them.
     meta = read_meta(run_dir / "data")
     stream = TokenStream(run_dir / "data", "val", meta["dtype"], meta["splits"]["val"])

@@ -117,6 +117,7 @@ def test_named_sets_are_logged_beside_val_loss_which_keeps_its_name_and_value(ru
     for tag in ("val/loss", "val/ppl", "val/bpb"):
         assert named[tag] == plain[tag]
     steps = [step for step, _ in plain["val/loss"]]
+    assert steps[0] == 0  # the sets are scored before the first step too (val_at_start)
     assert all([step for step, _ in named[tag]] == steps for tag in new)
     files = sorted(p.name for p in (run_folder(root / "named") / "checkpoints").iterdir())
     assert files == sorted(p.name for p in (run_folder(root / "plain") / "checkpoints").iterdir())

@@ -45,6 +45,8 @@ def read_curve(name: str, run_dir: str | Path, metric: str = "val/loss") -> Curv
     count_steps = np.array([0] + [e.step + 1 for e in counted], dtype=float)
     count_tokens = np.array([0] + [e.value for e in counted], dtype=float)
     steps = np.array([e.step + 1 for e in values], dtype=float)
+    if values and values[0].step == 0 and validated_at_start(run_dir):
+        steps[0] = 0  # the validation before the first step: after none
     slope = count_tokens[-1] / count_steps[-1]  # past the last count: tokens per step
     tokens = np.where(
         steps <= count_steps[-1],
@@ -52,6 +54,17 @@ def read_curve(name: str, run_dir: str | Path, metric: str = "val/loss") -> Curv
         count_tokens[-1] + (steps - count_steps[-1]) * slope,
     )
     return Curve(name, tokens, np.array([e.value for e in values], dtype=float))
+
+
+def validated_at_start(run_dir: str | Path) -> bool:
+    """Whether the run's first config (its ``config.yaml``) validates before the first step
+    (``val_at_start``), logging that point at step 0, where it reads as after one step."""
+    import yaml
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        return False
+    return bool((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("val_at_start"))
 
 
 def tokens_to_reach(curve: Curve, target: float) -> float | None:

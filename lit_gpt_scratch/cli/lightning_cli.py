@@ -4,7 +4,7 @@ Top-level config sections: ``trainer``, ``model`` (LitGPT: ``gpt``, ``optimizer`
 ``lr_scheduler``, ``compile``), ``data`` (TokenDataModule), ``checkpoint`` (ModelCheckpoint),
 ``lr_monitor``, ``throughput``, ``samples``, ``downstream``, ``preemption``, and the top-level
 keys ``seed_everything``, ``ckpt_path``, ``global_batch_size`` (sets the accumulation from the
-device count) and ``val_every_n_steps``. ``data.block_size`` is linked to
+device count), ``val_every_n_steps`` and ``val_at_start``. ``data.block_size`` is linked to
 ``model.gpt.init_args.block_size``: write it once, under ``data``.
 """
 
@@ -18,10 +18,11 @@ import sys
 import threading
 from pathlib import Path
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -59,6 +60,7 @@ from lit_gpt_scratch.train.run_folders import (
     run_of_checkpoint,
     runs_root,
 )
+from lit_gpt_scratch.train.validate_at_start import ValidateAtStart
 
 # `strategy: ddp`, and the DDP that `auto` picks for several devices: gradients live as views
 # into DDP's all-reduce buckets instead of beside them, a gradient-sized copy less (0.5 GB at
@@ -115,6 +117,14 @@ class LitGPTCLI(LightningCLI):
             default=None,
             help="Validate every this many optimizer steps, whatever the accumulation "
             "(instead of trainer.val_check_interval, which counts batches per device).",
+        )
+        parser.add_argument(
+            "--val_at_start",
+            type=bool,
+            default=True,
+            help="Validate once before the first step of a fresh fit (not of a resume), "
+            "logged at step 0: the curves start from the untrained model. Training is the "
+            "same with or without it.",
         )
 
     # Private Lightning methods overridden here, each for want of a public hook, and each
@@ -275,12 +285,14 @@ class LitGPTCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """``global_batch_size`` sets the accumulation and ``val_every_n_steps`` the
-        validation interval in batches. ``--ckpt_path`` to a weights-only
-        checkpoint (``import_hf``'s) starts a fine-tune: the weights load into the configured
-        model; optimizer and step count start fresh."""
+        """``global_batch_size`` sets the accumulation, ``val_every_n_steps`` the
+        validation interval in batches and ``val_at_start`` adds the validation at step 0.
+        ``--ckpt_path`` to a weights-only checkpoint (``import_hf``'s) starts a fine-tune: the
+        weights load into the configured model; optimizer and step count start fresh."""
         self._accumulate_for_global_batch()
         self._validate_every_n_steps()
+        if self.config[self.subcommand].get("val_at_start"):
+            self.trainer.callbacks.append(ValidateAtStart())
         logger = self.trainer.logger
         if self.purge_step is not None and isinstance(logger, TensorBoardLogger):
             # TensorBoard drops the folder's events at steps >= purge_step, the ones logged
@@ -515,11 +527,14 @@ def _release_run_folders(failed: bool) -> None:
 
 
 def _run_cli() -> LitGPTCLI:
-    return LitGPTCLI(
-        LitGPT,
-        TokenDataModule,
-        auto_configure_optimizers=False,  # LitGPT builds its own param groups
-        trainer_defaults={
+    return LitGPTCLI(LitGPT, TokenDataModule, **_cli_options())
+
+
+def _cli_options() -> dict:
+    """LitGPTCLI's options, the same for a run and for ``training_config_keys``."""
+    return {
+        "auto_configure_optimizers": False,  # LitGPT builds its own param groups
+        "trainer_defaults": {
             "default_root_dir": RUNS_DIR,
             # TokenDataModule gives each rank its own windows: no DistributedSampler on top
             "use_distributed_sampler": False,
@@ -528,8 +543,38 @@ def _run_cli() -> LitGPTCLI:
                 "init_args": {"save_dir": RUNS_DIR, "name": "run"},
             },
         },
-        save_config_kwargs={"overwrite": False},
+        "save_config_kwargs": {"overwrite": False},
         # A bad key raises (run() makes it one line) instead of printing the whole usage;
         # no abbreviations, so a typo such as --trainer.max_step is an error, not max_steps.
-        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
-    )
+        "parser_kwargs": {"exit_on_error": False, "allow_abbrev": False},
+    }
+
+
+class _ParserBuilt(Exception):
+    """Carries the parser out of LightningCLI's constructor, which parses as soon as it has
+    built it: ``training_config_keys`` wants the parser, not a run."""
+
+    def __init__(self, parser: LightningArgumentParser):
+        super().__init__("parser built")
+        self.parser = parser
+
+
+class _TrainingParser(LitGPTCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        raise _ParserBuilt(parser)
+
+
+def training_config_keys() -> list[str]:
+    """The top-level keys of a ``fit`` config, read off the parser ``fit`` builds: the
+    sections LitGPTCLI adds, Lightning's own (``trainer``, ``model``, ``data``,
+    ``seed_everything``) and ``Trainer.fit``'s arguments (``ckpt_path``, ``weights_only``).
+    ``prepare`` accepts them all. Builds the parser only (a fraction of a second: Lightning is
+    imported already), parses and instantiates nothing."""
+    try:
+        _TrainingParser(LitGPT, TokenDataModule, run=False, **_cli_options())
+    except _ParserBuilt as built:
+        parser = built.parser
+    # run=False leaves out the subcommand's arguments: added as Lightning adds them to fit's
+    fit_skips = set(LightningCLI.subcommands()["fit"])
+    parser.add_method_arguments(Trainer, "fit", skip=fit_skips)
+    return list(parser.get_defaults().as_dict())

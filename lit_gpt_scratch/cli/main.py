@@ -14,35 +14,21 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lit_gpt_scratch.errors import Interrupted, StoppedNow, Terminated, UserError, one_line
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 # OSErrors of the machine, not of the code: no space, no permission, a read-only filesystem.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
-# Sections of a training config that `prepare` accepts and ignores: it reads only `data:`.
-TRAINING_SECTIONS = (
-    "seed_everything",
-    "trainer",
-    "model",
-    "optimizer",
-    "lr_scheduler",
-    "ckpt_path",
-    "checkpoint",
-    "lr_monitor",
-    "throughput",
-    "samples",
-    "downstream",
-    "preemption",
-    "global_batch_size",
-    "val_every_n_steps",
-)
 
-
-def prepare_parser():
+def prepare_parser() -> ArgumentParser:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    from lit_gpt_scratch.cli.lightning_cli import training_config_keys
     from lit_gpt_scratch.data.datamodule import TokenDataModule
 
     parser = ArgumentParser(
@@ -57,8 +43,12 @@ def prepare_parser():
     # training config reads as is; prepare uses its own options and ignores the rest.
     parser.add_class_arguments(TokenDataModule, "data")
     parser.add_argument("--progress", type=bool, default=True, help="Show a progress bar")
-    for section in TRAINING_SECTIONS:
-        parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
+    # Every other top-level key of a training config, accepted and ignored: read off fit's own
+    # parser, so that a key fit gains (its own or Lightning's) is never refused here.
+    own = set(parser.get_defaults().as_dict())
+    for key in training_config_keys():
+        if key not in own:
+            parser.add_argument(f"--{key}", type=Any, default=None, help=argparse.SUPPRESS)
     return parser
 
 

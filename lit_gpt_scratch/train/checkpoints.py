@@ -6,7 +6,8 @@ top-level ``checkpoint:`` section.
 At a step that is validated, the save waits for the validation: the file is named and ranked
 by that step's own ``val/loss`` (Lightning's saves at the batch end carry the one before),
 and a kill between the save and the validation can no longer lose the validation point (a
-resume from that save skipped it).
+resume from that save skipped it). A scheduled save at a step that is not validated keeps
+``last.ckpt`` only: no top-k file is ranked or named by another step's validation.
 
 Every write goes to a temporary file beside the target, renamed over it
 (``checkpoint_io.AtomicCheckpointIO``), so a kill during a save leaves the previous
@@ -46,6 +47,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._validation_next = False  # within on_train_batch_end: this step is validated
         self.last_after_validation = False  # a stop's last.ckpt, due after this validation
         self._step_of_last: int | None = None  # the step the newest last.ckpt holds
+        self._validated_step: int | None = None  # the step of this run's latest validation
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._validation_next = validation_due(trainer)
@@ -62,11 +64,21 @@ class RunCheckpoint(ModelCheckpoint):
         return self._validation_next
 
     def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
-        if not self._deferred_to_validation():
-            super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self._deferred_to_validation():
+            return
+        if self._reads_validation() and self._validated_step != trainer.global_step:
+            return  # the metrics at hand are an earlier step's: these weights were not validated
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _reads_validation(self) -> bool:
+        """Whether the top-k files are ranked (``monitor``) or named (``filename``) by a
+        validation metric, which only a validation of the same step may give them."""
+        return (self.monitor or "").startswith("val/") or "{val/" in (self.filename or "")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._check_monitor(trainer)
+        if not trainer.sanity_checking:  # before the deferred saves, which Lightning makes now
+            self._validated_step = trainer.global_step
         super().on_validation_end(trainer, pl_module)
         if self.last_after_validation and not trainer.sanity_checking:
             self.last_after_validation = False
