@@ -132,6 +132,11 @@ def test_lightning_misconfiguration_is_one_line(cli, args):
     )
 
 
+def test_a_monitor_of_a_training_metric_survives_the_validation_before_training(cli, args):
+    result = cli("fit", *args, "--checkpoint.monitor=train/loss", "--checkpoint.mode=min")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("arg", "message"),
     [

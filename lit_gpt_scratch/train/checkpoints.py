@@ -109,12 +109,13 @@ class RunCheckpoint(ModelCheckpoint):
             )
 
     def _check_monitor(self, trainer) -> None:
-        """Any other monitor no logged metric answers to: refused at the first validation."""
+        """Any other monitor no logged metric answers to: refused at the first validation
+        after a training step."""
         logged = trainer.callback_metrics
         if self.monitor is None or self.monitor in logged or not logged:
             return
-        if trainer.sanity_checking:
-            return  # training metrics are not logged yet
+        if trainer.sanity_checking or trainer.global_step == 0:
+            return  # training metrics are not logged yet (the sanity check, val_at_start)
         raise UserError(
             f"checkpoint.monitor {self.monitor!r} is not a metric this run logs "
             f"({', '.join(sorted(logged))}): use one of them"
