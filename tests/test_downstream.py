@@ -39,6 +39,19 @@ def eval_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: v for tag, v in scalars(run).items() if tag.startswith("eval/")}
 
 
+def assert_last_scores_are_evaluates(cli, ckpt: Path, logged: dict, tmp_path: Path) -> None:
+    """The last score logged under each ``eval/<task>/<metric>`` is what ``evaluate`` reports
+    for the checkpoint ``ckpt`` in one process."""
+    out = tmp_path / "evaluated.json"
+    tasks = "--tasks=python_choice,python_cloze,winogrande"
+    result = cli("evaluate", f"--ckpt_path={ckpt}", tasks, f"--task_dir={TASKS}", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())["tasks"]
+    for tag, values in logged.items():
+        _, task, metric = tag.split("/")
+        assert values[-1][1] == pytest.approx(results[task][metric], rel=1e-5), tag
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_text_corpus(tmp_path_factory.mktemp("corpus"), LOREM)
@@ -64,15 +77,7 @@ def test_fit_logs_every_task_every_n_steps_and_trains_as_without_them(tmp_path, 
     assert "downstream at step 6: python_choice/acc " in result.stderr
 
     # the figures at step 6 are those of `evaluate` on the checkpoint of step 6
-    out = tmp_path / "r.json"
-    ckpt = run / "checkpoints/last.ckpt"
-    tasks = "--tasks=python_choice,python_cloze,winogrande"
-    evaluated = cli("evaluate", f"--ckpt_path={ckpt}", tasks, f"--task_dir={TASKS}", f"--out={out}")
-    assert evaluated.returncode == 0, evaluated.stderr
-    results = json.loads(out.read_text())["tasks"]
-    for tag, values in logged.items():
-        _, task, metric = tag.split("/")
-        assert values[-1][1] == pytest.approx(results[task][metric], rel=1e-5), tag
+    assert_last_scores_are_evaluates(cli, run / "checkpoints/last.ckpt", logged, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -136,18 +141,9 @@ def test_ranks_share_the_items_and_log_what_evaluate_reports(tmp_path, cli, stra
     run = tmp_path / "checkpoints/tiny/version_0"
     ckpt = run / "checkpoints/last.ckpt"
     if strategy == "fsdp":  # a sharded checkpoint: one file of it first
-        assert (
-            cli("consolidate", f"--ckpt_path={ckpt}", f"--out={tmp_path / 'one.ckpt'}").returncode
-            == 0
-        )
-        ckpt = tmp_path / "one.ckpt"
-    out = tmp_path / "r.json"
-    tasks = "--tasks=python_choice,python_cloze,winogrande"
-    result = cli("evaluate", f"--ckpt_path={ckpt}", tasks, f"--task_dir={TASKS}", f"--out={out}")
-    assert result.returncode == 0, result.stderr
-    results = json.loads(out.read_text())["tasks"]
+        one = tmp_path / "one.ckpt"
+        assert cli("consolidate", f"--ckpt_path={ckpt}", f"--out={one}").returncode == 0
+        ckpt = one
     logged = eval_scalars(run)
     assert len(logged) == 5 and all([s for s, _ in v] == [2, 4] for v in logged.values())
-    for tag, values in logged.items():
-        _, task, metric = tag.split("/")
-        assert values[-1][1] == pytest.approx(results[task][metric], rel=1e-5), tag
+    assert_last_scores_are_evaluates(cli, ckpt, logged, tmp_path)
