@@ -354,3 +354,23 @@ def test_a_bad_named_val_set_is_one_line_before_anything_is_written(
     assert result.returncode == 1
     assert last_line(result) == f"error: data.val_sets.{name}: {problem.format(path=path)}"
     assert not (tmp_path / "data").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("where", ["command line", "short key", "config"])
+def test_a_value_for_the_linked_model_block_size_is_refused(tmp_path, cli, args, where):
+    """jsonargparse overwrites a linked key with its source's value without a word: the
+    model would get data.block_size, not the context length the config names."""
+    extra = {
+        "command line": ["--model.gpt.init_args.block_size=16"],
+        "short key": ["--model.gpt.block_size=16"],
+        "config": [f"--config={tmp_path / 'block.yaml'}"],
+    }[where]
+    (tmp_path / "block.yaml").write_text("model:\n  gpt:\n    init_args:\n      block_size: 16\n")
+    result = cli("fit", *args, *extra)
+    given = f"in config {tmp_path / 'block.yaml'}" if where == "config" else "on the command line"
+    assert result.returncode == 1
+    assert last_line(result) == (
+        f"error: model.gpt.init_args.block_size (given {given}) is set from data.block_size, "
+        "to which it is linked: set data.block_size instead"
+    )
+    assert not (tmp_path / "data").exists() and not (tmp_path / "checkpoints").exists()

@@ -18,6 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
+import yaml
+
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
@@ -29,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_gpt_scratch.cli.resume_checks import NothingToTrain, check_resume
+from lit_gpt_scratch.cli.strict_yaml import config_files
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.errors import UserError, check_above, check_at_least, one_line
 from lit_gpt_scratch.files import FolderLock, remove_stale
@@ -81,6 +84,8 @@ log = logging.getLogger(__name__)
 # The run folder of this command, for the ranks rank 0 launches (they inherit its environment).
 RUN_FOLDER_ENV = "LIT_GPT_SCRATCH_RUN_FOLDER"
 _HELD_LOCKS: list[FolderLock] = []
+# Keys the parser fills from another (jsonargparse drops a value given for them silently).
+LINKED_KEYS = {"model.gpt.init_args.block_size": "data.block_size"}
 
 
 class LitGPTCLI(LightningCLI):
@@ -102,7 +107,8 @@ class LitGPTCLI(LightningCLI):
         parser.add_lightning_class_args(TextSamples, "samples")
         parser.add_lightning_class_args(DownstreamEval, "downstream")
         parser.add_lightning_class_args(StopOnSignal, "preemption")
-        parser.link_arguments("data.block_size", "model.gpt.init_args.block_size")
+        for target, source in LINKED_KEYS.items():
+            parser.link_arguments(source, target)
         parser.add_argument(
             "--global_batch_size",
             type=int | None,
@@ -450,6 +456,7 @@ def run(args: list[str]) -> int:
     keep_freed_memory()
     quiet_lightning()
     # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
+    refuse_linked_keys(args)
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     started = False
     try:
@@ -483,6 +490,45 @@ def run(args: list[str]) -> int:
     stoppers = [c for c in cli.trainer.callbacks if isinstance(c, StopOnSignal)]
     stopped_by = next((c.stopped_by for c in stoppers if c.stopped_by), None)
     return 128 + stopped_by if stopped_by else 0
+
+
+def refuse_linked_keys(args: list[str]) -> None:
+    """A value for a linked key (``model.gpt.init_args.block_size``), in a ``--config`` file
+    or on the command line, is refused: jsonargparse would overwrite it with its source's
+    without a word, and the run would train another context length than the config says."""
+    for target, source in LINKED_KEYS.items():
+        given = [
+            "on the command line"
+            for a in args
+            if a.split("=")[0] in (f"--{target}", f"--{_short(target)}")
+        ]
+        given += [f"in config {path}" for path in config_files(args) if _holds(path, target)]
+        if given:
+            raise UserError(
+                f"{target} (given {given[0]}) is set from {source}, to which it is linked: "
+                f"set {source} instead"
+            )
+
+
+def _short(key: str) -> str:
+    return key.replace(".init_args.", ".")  # jsonargparse accepts both spellings
+
+
+def _holds(path: str, key: str) -> bool:
+    """Whether the YAML file at ``path`` sets ``key`` (dotted; ``init_args`` optional)."""
+    try:
+        node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # check_config_files and jsonargparse name a bad file
+    return _lookup(node, key.split(".")) or _lookup(node, _short(key).split("."))
+
+
+def _lookup(node, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def removed_run_message(folder: Path) -> str:

@@ -56,17 +56,22 @@ def use_strict_yaml() -> None:
     set_loader("yaml", strict_yaml_load, exceptions=(yaml.YAMLError,))
 
 
+def config_files(args: list[str]) -> list[str]:
+    """The paths given as ``--config PATH`` or ``--config=PATH``, in order."""
+    paths = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.removeprefix("--config="))
+    return paths
+
+
 def check_config_files(args: list[str]) -> None:
     """Each ``--config`` file is UTF-8 text holding a mapping of sections, or one line says
     which is not (jsonargparse ends the first in a UnicodeDecodeError traceback and reports
     the second as "Unexpected config", naming neither the file nor the problem)."""
-    for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
-            path = args[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.removeprefix("--config=")
-        else:
-            continue
+    for path in config_files(args):
         if not os.path.isfile(path):
             continue  # jsonargparse names a missing one
         try:
