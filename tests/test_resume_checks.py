@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,28 @@ def test_a_resume_at_or_past_max_steps_does_nothing_and_says_so(tmp_path, cli, r
              if p.is_file()}  # fmt: skip
     assert after == before  # no new run folder, no file changed
 
+
+
+def test_changed_accumulation_precision_and_clipping_are_named_on_resume(cli, run):
+    """They change what a step is (the data continues exactly: its position counts batches),
+    so they are applied; before, nothing said so."""
+    changed = [
+        "--trainer.max_steps=8",
+        "--trainer.accumulate_grad_batches=2",
+        "--trainer.precision=32-true",
+        "--trainer.gradient_clip_val=0.5",
+    ]
+    resumed = cli("fit", *run, *changed, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        "resumed at step 6 with the config's settings (trainer.accumulate_grad_batches 1 -> 2, "
+        "trainer.precision bf16-mixed -> 32-true, trainer.gradient_clip_val 1.0 -> 0.5, "
+    ) in resumed.stderr
+    ckpt = last_checkpoint(Path.cwd())
+    assert ckpt["global_step"] == 8
+    assert ckpt["trainer_recipe"] == {
+        "accumulate_grad_batches": 2, "precision": "32-true", "gradient_clip_val": 0.5
+    }  # fmt: skip
 
 def test_another_tokenizer_is_refused_naming_both(tmp_path, cli, run):
     """Before: KeyError 'Invalid token for decoding' from the first text sample."""

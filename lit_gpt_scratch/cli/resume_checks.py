@@ -8,7 +8,9 @@ at ``trainer.max_steps`` has nothing to train: ``NothingToTrain``, exit code 0.
 
 Changed optimizer and schedule settings (``lr``, ``weight_decay``, ``warmup_steps``,
 ``min_lr``, a longer ``trainer.max_steps``) are not refused: ``LitGPT`` applies them from the
-resumed step (``schedules.apply_configured``).
+resumed step (``schedules.apply_configured``); so are another ``accumulate_grad_batches``,
+``precision`` or ``gradient_clip_val`` (the data position counts batches, not steps). Each
+change is named in one line.
 """
 
 from __future__ import annotations

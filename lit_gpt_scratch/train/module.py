@@ -136,6 +136,7 @@ class LitGPT(L.LightningModule):
         self._token_data: TokenData | None = None  # the data module, when it offers TokenData
         self._rng_states_to_restore: list[dict] | None = None
         self._resumed = False
+        self._saved_recipe: dict = {}
         self._configured: dict | None = None  # configured_settings, put back over a resume's
         self.divergence = DivergenceGuard(nonfinite, max_consecutive_skips)
         self._grad_norm: torch.Tensor | None = None  # this step's, before clipping
@@ -281,12 +282,14 @@ class LitGPT(L.LightningModule):
             )
         checkpoint["rng_states"] = all_ranks_rng_states()  # every rank calls this hook
         checkpoint["skipped_steps"] = self.divergence.state_dict()
+        checkpoint["trainer_recipe"] = trainer_recipe(self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.divergence.load_state_dict(checkpoint.get("skipped_steps", [0, 0]))
         # Restored at the first resumed batch, not now: between loading and that batch
         # Lightning draws from the generators (a DataLoader iterator takes its base seed).
         self._rng_states_to_restore = checkpoint.get("rng_states")
+        self._saved_recipe = checkpoint.get("trainer_recipe", {})
         self._resumed = True
 
     def on_train_start(self) -> None:
@@ -298,7 +301,8 @@ class LitGPT(L.LightningModule):
     def _follow_the_config(self) -> None:
         [optimizer], [config] = self.trainer.optimizers, self.trainer.lr_scheduler_configs
         step = self.trainer.global_step
-        changed = apply_configured(optimizer, config.scheduler, self._configured, step)
+        changed = recipe_changes(self._saved_recipe, trainer_recipe(self.trainer))
+        changed += apply_configured(optimizer, config.scheduler, self._configured, step)
         if changed:
             lr = optimizer.param_groups[0]["lr"]
             rank_zero_info(
@@ -423,6 +427,25 @@ def _compile_options(mode, dynamic, fullgraph, backend) -> dict:
             raise UserError(f"model.compile_mode {mode!r} is unknown: one of {modes}")
         options["mode"] = mode
     return options
+
+
+def trainer_recipe(trainer) -> dict:
+    """The Trainer settings that shape each step, saved in checkpoints so that a resume
+    with other ones names them (they are applied: the data position counts batches)."""
+    return {
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "precision": str(trainer.precision),
+        "gradient_clip_val": trainer.gradient_clip_val,
+    }
+
+
+def recipe_changes(saved: dict, now: dict) -> list[str]:
+    """``trainer.<key> old -> new`` for each setting of ``now`` that ``saved`` holds otherwise."""
+    return [
+        f"trainer.{key} {saved[key]} -> {value}"
+        for key, value in now.items()
+        if key in saved and saved[key] != value
+    ]
 
 
 def parameter_roles(gpt: torch.nn.Module) -> dict[str, str]:
