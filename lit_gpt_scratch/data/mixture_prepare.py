@@ -50,7 +50,8 @@ def prepare_mixture(entries: list[MixEntry], prepare_one, options: dict) -> dict
     }
 
     def one(entry: MixEntry) -> dict:
-        return prepare_one(**{**options, "sources": [entry.path], "data_dir": str(out / entry.name)})
+        where = str(out / entry.name)
+        return prepare_one(**{**options, "sources": [entry.path], "data_dir": where})
 
     meta = read_json(out / META)
     if meta is not None:
@@ -102,7 +103,8 @@ def _manifest(entries: list[MixEntry], metas: dict[str, dict], settings: dict) -
         ],
         **{k: first[k] for k in ("tokenizer", "vocab_size", "eot_id", "dtype")},
         "tokens": {
-            split: sum(metas[e.name]["tokens"][split] for e in entries) for split in ("train", "val")
+            split: sum(metas[e.name]["tokens"][split] for e in entries)
+            for split in ("train", "val")
         },
         "settings": settings,
     }
@@ -119,9 +121,7 @@ def _verified(out: Path, meta: dict, settings: dict, entries: list[MixEntry], on
     refuse_if_changed(out, meta["settings"], settings)
     for entry, recorded in zip(entries, meta["mixture"], strict=True):
         if not (out / entry.name / META).is_file():
-            raise UserError(
-                f"{out / entry.name / META} is missing: delete {out} and prepare again"
-            )
+            raise UserError(f"{out / entry.name / META} is missing: delete {out} and prepare again")
         if one(entry)["tokens"] != recorded["tokens"]:
             raise UserError(
                 f"{out / entry.name} does not hold the tokens {out / META} records: delete "

@@ -48,14 +48,14 @@ from lit_gpt_scratch.data.data_dir import (
     roll_back_to_checkpoint,
     write_json,
 )
+from lit_gpt_scratch.data.mixture import MixSource, read_mixture
+from lit_gpt_scratch.data.mixture_prepare import prepare_mixture
 from lit_gpt_scratch.data.shards import (
     META,
     SPLITS,
     ShardWriter,
     refuse_file_as_data_dir,
 )
-from lit_gpt_scratch.data.mixture import MixSource, read_mixture
-from lit_gpt_scratch.data.mixture_prepare import prepare_mixture
 from lit_gpt_scratch.data.sources import (
     Chunk,
     normalize_source,
