@@ -3,8 +3,9 @@
 A training checkpoint continues exactly only with all its state, its tokenizer, its optimizer
 class, its corpus and its data order. What cannot continue is refused in one line naming the
 key (the checkpoint's value and the config's); ``data.allow_approximate_resume`` accepts a
-missing state, another corpus, other mixture weights or another ``data.seed``, with a warning. A checkpoint already
-at ``trainer.max_steps`` has nothing to train: ``NothingToTrain``, exit code 0.
+missing state, another corpus, other mixture weights or another ``data.seed``, with a warning.
+A checkpoint already at ``trainer.max_steps`` has nothing to train: ``NothingToTrain``, exit
+code 0.
 
 Changed optimizer and schedule settings (``lr``, ``weight_decay``, ``warmup_steps``,
 ``min_lr``, a longer ``trainer.max_steps``) are not refused: ``LitGPT`` applies them from the
