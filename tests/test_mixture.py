@@ -335,3 +335,108 @@ def test_the_command_line_takes_mappings_and_shows_them(code, prose, tmp_path, c
     assert bad.stderr.strip().splitlines()[-1] == (
         "error: data.sources[0].weight must be a finite number above 0, got 0.0"
     )
+
+
+# --- end to end: fit, kill and resume, show_batch ---------------------------------------------
+
+
+def mixture_run_args(root: Path, corpus: Path, **overrides) -> list[str]:
+    """The small test run of conftest on a mixture: the corpus (3 in 4 windows) and prose."""
+    from conftest import small_run_args
+
+    prose = write_text_corpus(root / "prose", PROSE * 4)
+    sources = f"[{{path: {corpus}, weight: 3, name: code}}, {{path: {prose}, name: prose}}]"
+    return small_run_args(corpus, root / "data", **{"data.sources": sources, **overrides})
+
+
+def test_a_killed_and_resumed_mixture_run_equals_an_uninterrupted_one(tmp_path):
+    import signal
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_resume import final_weights, fit, losses, signal_at
+
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM * 3)
+    overrides = {
+        "trainer.max_steps": "10",
+        "trainer.deterministic": "true",
+        "checkpoint.every_n_train_steps": "4",
+        "trainer.val_check_interval": "4",
+    }
+    args = mixture_run_args(tmp_path, corpus, **overrides)
+    whole = fit(tmp_path / "whole", args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = fit(tmp_path / "killed", args, signal_at(tmp_path, 6, "SIGKILL"))
+    assert killed.returncode == -signal.SIGKILL
+    resumed = fit(tmp_path / "killed", args, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_whole = tmp_path / "whole/checkpoints/tiny/version_0"
+    run_resumed = tmp_path / "killed/checkpoints/tiny/version_0"
+    assert losses(run_whole) == losses(run_resumed)  # steps 0..9, bitwise
+    assert [s for s, _ in losses(run_resumed)] == list(range(10))
+    a, b = final_weights(run_whole), final_weights(run_resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    events = EventAccumulator(str(run_whole), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    per_source = {f"val/{n}/{m}" for n in ("code", "prose") for m in ("loss", "bpb")}
+    assert per_source | {"val/loss", "val/bpb"} <= tags
+    steps = [e.step for e in events.Scalars("val/loss")]
+    assert all([e.step for e in events.Scalars(tag)] == steps for tag in per_source)
+
+    equal = f"--data.sources=[{{path: {corpus}, name: code}}, {{path: {tmp_path / 'prose'}}}]"
+    reweighted = fit(
+        tmp_path / "killed", [*args, "--trainer.max_steps=12"], "--ckpt_path=last", equal
+    )
+    assert reweighted.returncode == 1
+    assert (
+        reweighted.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: data.sources: the checkpoint's mixture weights are {code: 3, prose: 1}, the "
+            "config's {code: 1, prose: 1}"
+        )
+    )
+
+
+def test_show_batch_decodes_a_mixture_step_naming_each_window_source(tmp_path, cli):
+    import re
+
+    from test_show_batch import recorded
+
+    from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
+
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM * 2)
+    args = mixture_run_args(tmp_path, corpus, **{
+        "trainer.max_steps": "3", "trainer.accumulate_grad_batches": "2",
+        "samples.every_n_steps": "0"})  # fmt: skip
+    callbacks = tmp_path / "callbacks.yaml"
+    out = tmp_path / "batches"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: ddp_probes.RecordBatches\n"
+        f"      init_args: {{out: {out}}}\n"
+    )
+    assert cli("fit", *args, f"--config={callbacks}").returncode == 0
+    trained = recorded(out)
+    tok = load_tokenizer("stdlib-4k")
+    streams = {n: read_split(tmp_path / "data" / n, "train").tolist() for n in ("code", "prose")}
+    header = re.compile(
+        r"^=== step (\d+) · rank 0 · micro-batch (\d+) · window (\d+) · source (\w+) · "
+        r"train tokens ([\d,]+)\.\.[\d,]+ ===\n",
+        re.M,
+    )
+    seen = Counter()
+    for step in range(3):
+        result = cli("show_batch", *args, f"--step={step}")
+        assert result.returncode == 0, result.stderr
+        parts = header.split(result.stdout)[1:]
+        assert len(parts) == 6 * 8  # 2 micro-batches x 4 windows, 6 fields each
+        for i in range(0, len(parts), 6):
+            s, m, w, source, start = parts[i : i + 5]
+            _, batch = trained[2 * int(s) + int(m)]
+            ids = batch[int(w)]
+            assert parts[i + 5].removesuffix("\n") == tok.decode(ids)
+            begin = int(start.replace(",", ""))
+            assert streams[source][begin : begin + len(ids)] == ids  # from the named source
+            seen[source] += 1
+    assert seen == {"code": 18, "prose": 6}  # 3 in 4 windows
