@@ -112,14 +112,14 @@ def test_each_copy_is_its_bases_plus_its_delta(copy, cli):
 def test_the_mixture_overlay_mixes_two_offline_sources(cli, monkeypatch):
     """configs/overlays/mixture.yaml on tiny.yaml: stdlib (3) and the repository's docs (1),
     both there without a network, the docs glob read from the repository root."""
+    import yaml
+
     from lit_gpt_scratch.data.mixture import read_mixture
     from lit_gpt_scratch.data.sources import plan_sources
 
     overlay = CONFIGS / "overlays/mixture.yaml"
     shown = resolved(cli, str(CONFIGS / "tiny.yaml"), str(overlay))
     assert "  - path: stdlib\n    weight: 3.0\n    name: code\n" in shown
-    import yaml
-
     sources = yaml.safe_load(shown)["data"]["sources"]
     entries = read_mixture(sources)
     assert [(e.name, e.path, e.weight) for e in entries] == [
