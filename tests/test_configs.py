@@ -107,3 +107,25 @@ def test_each_copy_is_its_bases_plus_its_delta(copy, cli):
         claimed.splitlines(keepends=True), actual.splitlines(keepends=True), claim, f"{copy}.yaml"
     ))  # fmt: skip
     assert not diff, f"configs/{copy}.yaml is no longer {claim}:\n{diff}"
+
+
+def test_the_mixture_overlay_mixes_two_offline_sources(cli, monkeypatch):
+    """configs/overlays/mixture.yaml on tiny.yaml: stdlib (3) and the repository's docs (1),
+    both there without a network, the docs glob read from the repository root."""
+    import yaml
+
+    from lit_gpt_scratch.data.mixture import read_mixture
+    from lit_gpt_scratch.data.sources import plan_sources
+
+    overlay = CONFIGS / "overlays/mixture.yaml"
+    shown = resolved(cli, str(CONFIGS / "tiny.yaml"), str(overlay))
+    assert "  - path: stdlib\n    weight: 3.0\n    name: code\n" in shown
+    sources = yaml.safe_load(shown)["data"]["sources"]
+    entries = read_mixture(sources)
+    assert [(e.name, e.path, e.weight) for e in entries] == [
+        ("code", "stdlib", 3.0),
+        ("docs", "docs/**/*.md", 1.0),
+    ]
+    monkeypatch.chdir(CONFIGS.parent)
+    plan = plan_sources([entries[1].path])  # lists the files only: nothing is tokenized
+    assert plan.total_bytes > 100_000 and not plan.skipped_binary

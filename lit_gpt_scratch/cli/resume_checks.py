@@ -3,8 +3,9 @@
 A training checkpoint continues exactly only with all its state, its tokenizer, its optimizer
 class, its corpus and its data order. What cannot continue is refused in one line naming the
 key (the checkpoint's value and the config's); ``data.allow_approximate_resume`` accepts a
-missing state, another corpus or another ``data.seed``, with a warning. A checkpoint already
-at ``trainer.max_steps`` has nothing to train: ``NothingToTrain``, exit code 0.
+missing state, another corpus, other mixture weights or another ``data.seed``, with a warning.
+A checkpoint already at ``trainer.max_steps`` has nothing to train: ``NothingToTrain``, exit
+code 0.
 
 Changed optimizer and schedule settings (``lr``, ``weight_decay``, ``warmup_steps``,
 ``min_lr``, a longer ``trainer.max_steps``) are not refused: ``LitGPT`` applies them from the
@@ -21,6 +22,8 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_gpt_scratch.data.datamodule import another_corpus_message, corpus_fingerprint
+from lit_gpt_scratch.data.mixture import read_mixture, weights_of
+from lit_gpt_scratch.data.mixture_sampler import another_mixture_message
 from lit_gpt_scratch.data.shards import META
 from lit_gpt_scratch.data.windows import another_seed_message, read_meta
 from lit_gpt_scratch.errors import UserError
@@ -48,6 +51,7 @@ def check_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
     check_complete_state(ckpt, path, allow, sharded)
     check_same_tokenizer(ckpt, path, config.data.tokenizer)
     check_same_optimizer(ckpt, path, config.model.get("optimizer"))
+    check_same_mixture(ckpt, config.data.sources, allow)
     check_same_corpus(ckpt, config.data.data_dir, allow)
     check_same_seed(ckpt, config.data.seed, allow)
     check_steps_left(ckpt, path, config.trainer.get("max_steps"))
@@ -118,8 +122,25 @@ def check_same_corpus(ckpt: dict, data_dir: str, allow: bool) -> None:
         raise UserError(another_corpus_message(data_dir, saved.get("data_dir")))
 
 
+def check_same_mixture(ckpt: dict, sources: list, allow: bool) -> None:
+    """A mixture's saved position is one in the schedule of its sources and weights: other
+    weights or sources (or one corpus for a mixture, or the reverse) cannot continue it."""
+    state = ckpt.get(DATA_STATE) or {}
+    if allow or not (state.get("sampler") or state.get("mixture")):
+        return
+    saved = (state.get("mixture") or {}).get("weights")
+    mixture = read_mixture(sources)
+    configured = weights_of(mixture) if mixture is not None else None
+    if saved is None and configured is None:
+        return
+    if saved is not None and configured is not None and [*saved.items()] == [*configured.items()]:
+        return  # the same sources, in the same order, with the same weights
+    raise UserError(another_mixture_message(saved, configured))
+
+
 def check_same_seed(ckpt: dict, seed: int, allow: bool) -> None:
-    saved = ((ckpt.get(DATA_STATE) or {}).get("sampler") or {}).get("seed")
+    state = ckpt.get(DATA_STATE) or {}
+    saved = (state.get("sampler") or state.get("mixture") or {}).get("seed")
     if saved is None or saved == seed or allow:
         return
     raise UserError(another_seed_message(seed, saved))

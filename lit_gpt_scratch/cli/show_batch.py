@@ -2,7 +2,9 @@
 
 The train sampler is a seeded permutation (``data/windows.py``), so step N's windows follow
 from the config alone: ``data.seed``, ``data.batch_size``, the number of processes and the
-accumulation. Nothing is trained or loaded but the token files.
+accumulation; a mixture's schedule of sources follows from its weights
+(``data/mixture_sampler.py``), and each window is named with its source. Nothing is trained or
+loaded but the token files.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def show(
     """Print step ``step``'s windows of ``config``'s run, for ``trainer`` (its trainer: section
     with the overrides), each rank and micro-batch or the ones given."""
     from lit_gpt_scratch.data.datamodule import check_tokenizer
-    from lit_gpt_scratch.data.windows import TokenStream, WindowSampler, read_meta
+    from lit_gpt_scratch.data.mixture import read_mixture
+    from lit_gpt_scratch.data.windows import read_meta
     from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
     data = config.data
@@ -112,23 +115,58 @@ def show(
         )
     meta = read_meta(data.data_dir)
     check_tokenizer(meta, data.tokenizer, data.data_dir)
-    stream = TokenStream(
-        data.data_dir,
-        "train",
-        meta["dtype"],
-        meta["splits"]["train"],
-        vocab_size=meta["vocab_size"],
-    )
+    mixture = read_mixture(data.sources)
+    draws = _mixture_draws if mixture is not None else _corpus_draws
     tokenizer = load_tokenizer(data.tokenizer)
     window = data.block_size + 1
     ranks = range(world) if rank is None else [rank]
     micro_batches = range(accumulate) if micro_batch is None else [micro_batch]
     for r in ranks:
-        sampler = WindowSampler(len(stream), window, data.batch_size, data.seed, r, world)
+        batch_at = draws(data, meta, mixture, r, world)
         for m in micro_batches:
-            starts = sampler.batch_at(step * accumulate + m).tolist()
-            for i, start in enumerate(starts):
+            for i, (source, stream, start) in enumerate(batch_at(step * accumulate + m)):
                 where = f"step {step} · rank {r} · micro-batch {m} · window {i}"
-                print(f"=== {where} · train tokens {start:,}..{start + window:,} ===")
+                of = f" · source {source}" if source else ""
+                print(f"=== {where}{of} · train tokens {start:,}..{start + window:,} ===")
                 sys.stdout.write(tokenizer.decode(stream.read(start, window).tolist()))
                 print()
+
+
+def _corpus_draws(data, meta: dict, mixture, rank: int, world: int):
+    """batch_at(n) -> [("", train stream, start), ...]: rank ``rank``'s windows of batch n."""
+    from lit_gpt_scratch.data.windows import TokenStream, WindowSampler
+
+    splits, vocab = meta["splits"], meta["vocab_size"]
+    stream = TokenStream(data.data_dir, "train", meta["dtype"], splits["train"], vocab_size=vocab)
+    window = data.block_size + 1
+    sampler = WindowSampler(len(stream), window, data.batch_size, data.seed, rank, world)
+
+    def batch_at(n: int) -> list[tuple[str, object, int]]:
+        return [("", stream, start) for start in sampler.batch_at(n).tolist()]
+
+    return batch_at
+
+
+def _mixture_draws(data, meta: dict, mixture, rank: int, world: int):
+    """batch_at(n) -> [(source name, its train stream, start in it), ...], as training draws."""
+    from lit_gpt_scratch.data.mixture_data import MixtureStreams
+    from lit_gpt_scratch.data.mixture_sampler import MixtureSampler
+
+    streams = MixtureStreams(data.data_dir, meta, mixture)
+    sampler = MixtureSampler(
+        streams.names,
+        [e.weight for e in mixture],
+        streams.sizes,
+        data.block_size + 1,
+        data.batch_size,
+        data.seed,
+        rank,
+        world,
+    )
+
+    def batch_at(n: int) -> list[tuple[str, object, int]]:
+        return [
+            (streams.names[i], streams.train_parts[i], start) for i, start in sampler.draws_at(n)
+        ]
+
+    return batch_at

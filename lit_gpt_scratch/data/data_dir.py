@@ -10,6 +10,7 @@ a failed run takes back what it wrote.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -167,3 +168,16 @@ def check_complete(out: Path, meta: dict, block_size: int) -> None:
             f"{out} holds {meta['tokens']['train']} train tokens, fewer than one window of "
             f"block_size + 1 = {block_size + 1}"
         )
+
+
+def corpus_fingerprint(meta: dict) -> str:
+    """What tells one corpus from another: a sha256 of meta.json's description of the token
+    files (tokenizer, shards and their lengths, the sources' manifest and the split
+    settings), leaving out paths, so that a moved or copied ``data_dir`` is the same corpus."""
+    settings = {k: v for k, v in meta.get("settings", {}).items() if k != "sources"}
+    described = {
+        **{k: meta.get(k) for k in ("tokenizer", "vocab_size", "dtype", "splits", "tokens")},
+        "documents": meta.get("documents"),
+        "settings": settings,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()

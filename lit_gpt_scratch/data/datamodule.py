@@ -22,8 +22,6 @@ training batch, in ``training_step`` (not ``on_train_batch_end``: Lightning runs
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 
 import lightning as L
@@ -31,6 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lit_gpt_scratch.data.data_dir import corpus_fingerprint
+from lit_gpt_scratch.data.mixture import MixSource, read_mixture, refuse_val_set_names, weights_of
+from lit_gpt_scratch.data.mixture_data import MixtureStreams, PooledValWindows, SourceValBatches
+from lit_gpt_scratch.data.mixture_sampler import MixtureSampler, another_mixture_message
 from lit_gpt_scratch.data.prepare import prepare_from_config
 from lit_gpt_scratch.data.val_sets import ValSetBatches, read_val_set
 from lit_gpt_scratch.data.val_split import ValSplit, val_remedy
@@ -52,7 +54,11 @@ class TokenDataModule(L.LightningDataModule):
 
     Args:
         sources: Document sources, in order: ``stdlib``, files, directories, globs, ``.jsonl``,
-            ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``.
+            ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``. Or a mixture:
+            entries ``{path: <source>, weight: w, name: n}`` (a bare string among them has
+            weight 1 and a name derived from its path), each prepared apart into
+            ``data_dir/<name>/``; training draws windows from them in proportion to the
+            weights (tokens drawn), and validation logs ``val/<name>/loss`` and ``/bpb``.
         tokenizer: ``gpt2`` (offline), another tiktoken encoding name, or a ``.tiktoken`` file.
         data_dir: Directory of ``{train,val}_NNNNNN.bin`` and ``meta.json``.
         val_fraction: Share held out for validation, in (0, 0.5]: of the documents, or of
@@ -89,7 +95,7 @@ class TokenDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        sources: list[str] = ["stdlib"],  # noqa: B006 - shown by --help; copied, never mutated
+        sources: list[str | MixSource] = ["stdlib"],  # noqa: B006 - shown by --help; copied
         tokenizer: str = "gpt2",
         data_dir: str = "data/stdlib-gpt2",
         val_fraction: float = 0.005,
@@ -115,6 +121,8 @@ class TokenDataModule(L.LightningDataModule):
         check_at_least("data.val_windows", val_windows, 1)
         # Read now: a bad file is refused before anything is prepared or written.
         self.val_texts = {name: read_val_set(name, path) for name, path in (val_sets or {}).items()}
+        self.mixture = read_mixture(sources)  # None: one corpus (a plain list of strings)
+        refuse_val_set_names(self.mixture, val_sets)
         self.save_hyperparameters()  # the tokenizer etc. travel in checkpoints
         self.prepare_data_per_node = prepare_per_node  # read by Lightning's prepare_data step
         self.sources = list(sources)
@@ -122,7 +130,8 @@ class TokenDataModule(L.LightningDataModule):
         self.meta: dict = {}
         self.train_stream: TokenStream | None = None
         self.val_stream: TokenStream | None = None
-        self.sampler: WindowSampler | None = None
+        self.sampler: WindowSampler | MixtureSampler | None = None
+        self.streams: MixtureStreams | None = None  # a mixture's sources, after setup
         self._pending_state: dict | None = None  # sampler state loaded before the sampler exists
         self._val_sets: dict[str, ValSetBatches] = {}
 
@@ -150,22 +159,38 @@ class TokenDataModule(L.LightningDataModule):
         h = self.hparams
         self.meta = read_meta(h.data_dir)
         check_tokenizer(self.meta, h.tokenizer, h.data_dir)
-        splits = self.meta["splits"]
-        # The ids are checked on every read: a damaged shard is named, not embedded.
-        dtype, vocab = self.meta["dtype"], self.meta["vocab_size"]
-        self.train_stream, self.val_stream = (
-            TokenStream(h.data_dir, split, dtype, splits[split], vocab_size=vocab)
-            for split in ("train", "val")
-        )
-        if stage in (None, "fit"):
-            check_holds_a_window(self.train_stream, self.window, "add sources or lower block_size")
+        if self.mixture is not None:
+            self._setup_mixture(stage)
+        else:
+            splits = self.meta["splits"]
+            # The ids are checked on every read: a damaged shard is named, not embedded.
+            dtype, vocab = self.meta["dtype"], self.meta["vocab_size"]
+            self.train_stream, self.val_stream = (
+                TokenStream(h.data_dir, split, dtype, splits[split], vocab_size=vocab)
+                for split in ("train", "val")
+            )
+            if stage in (None, "fit"):
+                remedy = "add sources or lower block_size"
+                check_holds_a_window(self.train_stream, self.window, remedy)
+            if stage in (None, "fit", "validate", "test"):
+                check_holds_a_window(self.val_stream, self.window, val_remedy(self.meta))
         if stage in (None, "fit", "validate", "test"):
-            check_holds_a_window(self.val_stream, self.window, val_remedy(self.meta))
-            self._val_sets = self._tokenize_val_sets()
+            self._val_sets = {**self._source_val_batches(), **self._tokenize_val_sets()}
         module = self.trainer.lightning_module if self.trainer is not None else None
         gpt = getattr(module, "gpt", None)
         if gpt is not None:
             check_against_model(self.meta, h.block_size, gpt)
+
+    def _setup_mixture(self, stage: str | None) -> None:
+        """Each source's streams, each checked to hold a window, named by its folder."""
+        self.streams = MixtureStreams(self.hparams.data_dir, self.meta, self.mixture)
+        self.train_stream = self.streams.train
+        if stage in (None, "fit"):
+            for part in self.streams.train_parts:
+                check_holds_a_window(part, self.window, "add documents or lower block_size")
+        if stage in (None, "fit", "validate", "test"):
+            for part, meta in zip(self.streams.val_parts, self.streams.metas, strict=True):
+                check_holds_a_window(part, self.window, val_remedy(meta))
 
     def token_bytes(self) -> torch.Tensor:
         """(vocab_size,) the bytes of text each token id stands for (for bits per byte)."""
@@ -194,16 +219,7 @@ class TokenDataModule(L.LightningDataModule):
                 "TokenDataModule splits windows across ranks itself: set "
                 "trainer.use_distributed_sampler: false"
             )
-        h = self.hparams
-        sampler = WindowSampler(
-            len(self.train_stream),
-            self.window,
-            h.batch_size,
-            h.seed,
-            rank=rank,
-            world_size=world,
-            allow_approximate_resume=h.allow_approximate_resume,
-        )
+        sampler = self._new_sampler(rank, world)
         # A reloaded loader continues where the last one stood; a checkpoint's state applies once.
         if self.sampler is not None:
             state = self.sampler.state_dict()
@@ -218,14 +234,47 @@ class TokenDataModule(L.LightningDataModule):
             **self._loader_options(),
         )
 
+    def _new_sampler(self, rank: int, world: int) -> WindowSampler | MixtureSampler:
+        h = self.hparams
+        if self.mixture is None:
+            return WindowSampler(
+                len(self.train_stream),
+                self.window,
+                h.batch_size,
+                h.seed,
+                rank=rank,
+                world_size=world,
+                allow_approximate_resume=h.allow_approximate_resume,
+            )
+        return MixtureSampler(
+            [e.name for e in self.mixture],
+            [e.weight for e in self.mixture],
+            self.streams.sizes,
+            self.window,
+            h.batch_size,
+            h.seed,
+            rank=rank,
+            world_size=world,
+            corpora=self.streams.corpora,
+            allow_approximate_resume=h.allow_approximate_resume,
+        )
+
     def _trainer_injects_distributed_sampler(self) -> bool:
         connector = getattr(self.trainer, "_accelerator_connector", None)
         return bool(getattr(connector, "use_distributed_sampler", False))
 
     def val_dataloader(self) -> DataLoader:
-        """The same ``val_windows`` windows every time, in order."""
+        """The same ``val_windows`` windows every time, in order (of a mixture: up to
+        ``val_windows`` of each source, pooled and interleaved)."""
         rank, world = self._rank_and_world()
-        windows = ValWindows(self.val_stream, self.window, self.hparams.val_windows, rank, world)
+        if self.mixture is not None:
+            windows = PooledValWindows(
+                self.streams.val_windows(self.window, self.hparams.val_windows, rank, world)
+            )
+        else:
+            windows = ValWindows(
+                self.val_stream, self.window, self.hparams.val_windows, rank, world
+            )
         if len(windows) == 0:
             raise UserError(
                 f"the val split of {self.hparams.data_dir} has fewer windows than the "
@@ -242,6 +291,18 @@ class TokenDataModule(L.LightningDataModule):
         """This rank's batches of each named val set (``data.val_sets``), by name: the same
         windows at every validation. Empty before ``setup`` and without val sets."""
         return self._val_sets
+
+    def _source_val_batches(self) -> dict[str, SourceValBatches]:
+        """A mixture's sources' val windows, scored as named sets: ``val/<name>/loss``."""
+        if self.mixture is None:
+            return {}
+        rank, world = self._rank_and_world()
+        h, token_bytes = self.hparams, self.token_bytes().long()
+        parts = self.streams.val_windows(self.window, h.val_windows, rank, world)
+        return {
+            name: SourceValBatches(windows, h.batch_size, token_bytes)
+            for name, windows in zip(self.streams.names, parts, strict=True)
+        }
 
     def _tokenize_val_sets(self) -> dict[str, ValSetBatches]:
         tok = load_tokenizer(self.hparams.tokenizer)
@@ -274,16 +335,19 @@ class TokenDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         """The train sampler's consumed position, and the corpus it is a position in;
-        Lightning saves it in every checkpoint."""
+        Lightning saves it in every checkpoint. A mixture's (key ``mixture``) holds each
+        source's corpus, weight and windows drawn."""
         state = {"data_dir": str(self.hparams.data_dir)}
-        if self.meta:
+        if self.meta and self.mixture is None:
             state["corpus"] = corpus_fingerprint(self.meta)
         if self.sampler is not None:
-            return {**state, "sampler": self.sampler.state_dict()}
+            key = "sampler" if self.mixture is None else "mixture"
+            return {**state, key: self.sampler.state_dict()}
         return {**state, **self._pending_state} if self._pending_state else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("sampler") and self.sampler is not None:
+        has_position = state_dict.get("sampler") or state_dict.get("mixture")
+        if has_position and self.sampler is not None:
             state = self._position_in_this_corpus(state_dict)
             if state:
                 self.sampler.load_state_dict(state)
@@ -298,8 +362,18 @@ class TokenDataModule(L.LightningDataModule):
         is told by the token files' description in meta.json, not by the path: a moved or
         copied ``data_dir`` continues exactly.
         """
-        if not saved or not saved.get("sampler"):
+        if not saved or not (saved.get("sampler") or saved.get("mixture")):
             return None
+        if bool(saved.get("mixture")) != (self.mixture is not None):  # one corpus <-> a mixture
+            saved_weights = (saved.get("mixture") or {}).get("weights")
+            mine = weights_of(self.mixture) if self.mixture is not None else None
+            message = another_mixture_message(saved_weights, mine)
+            if not self.hparams.allow_approximate_resume:
+                raise UserError(message)
+            log.warning("approximate data resume: %s", message.split(";")[0])
+            return None
+        if self.mixture is not None:  # the sampler checks each source's corpus and weight
+            return saved["mixture"]
         fingerprint = saved.get("corpus")
         if fingerprint is None or fingerprint == corpus_fingerprint(self.meta):
             return saved["sampler"]  # a checkpoint from before fingerprints: the path was all
@@ -313,19 +387,6 @@ class TokenDataModule(L.LightningDataModule):
             there,
         )
         return None
-
-
-def corpus_fingerprint(meta: dict) -> str:
-    """What tells one corpus from another: a sha256 of meta.json's description of the token
-    files (tokenizer, shards and their lengths, the sources' manifest and the split
-    settings), leaving out paths, so that a moved or copied ``data_dir`` is the same corpus."""
-    settings = {k: v for k, v in meta.get("settings", {}).items() if k != "sources"}
-    described = {
-        **{k: meta.get(k) for k in ("tokenizer", "vocab_size", "dtype", "splits", "tokens")},
-        "documents": meta.get("documents"),
-        "settings": settings,
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 def another_corpus_message(data_dir, saved_data_dir) -> str:

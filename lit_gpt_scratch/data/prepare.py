@@ -48,6 +48,8 @@ from lit_gpt_scratch.data.data_dir import (
     roll_back_to_checkpoint,
     write_json,
 )
+from lit_gpt_scratch.data.mixture import MixSource, read_mixture
+from lit_gpt_scratch.data.mixture_prepare import prepare_mixture
 from lit_gpt_scratch.data.shards import (
     META,
     SPLITS,
@@ -55,8 +57,8 @@ from lit_gpt_scratch.data.shards import (
     refuse_file_as_data_dir,
 )
 from lit_gpt_scratch.data.sources import (
-    HF_PREFIX,
     Chunk,
+    normalize_source,
     plan_sources,
     refuse_data_dir_in_sources,
 )
@@ -97,7 +99,7 @@ COUNTERS = (
 
 
 def prepare(
-    sources: list[str],
+    sources: list[str | MixSource],
     tokenizer: str = "gpt2",
     data_dir: str = "data/stdlib-gpt2",
     val_fraction: float = 0.005,
@@ -110,9 +112,14 @@ def prepare(
 ) -> dict:
     """Tokenize ``sources`` into ``data_dir`` (shards + meta.json) and return the meta dict.
 
+    A mixture (any entry a ``{path, weight, name}`` mapping) prepares each source apart into
+    ``data_dir/<name>/`` with this function and writes the mixture's manifest as
+    ``data_dir/meta.json`` (``mixture_prepare``); it returns that manifest.
+
     Args:
         sources: Document sources, in order: ``stdlib``, files, directories, globs, ``.jsonl``,
-            ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``.
+            ``.parquet``, or ``hf:<dataset>[?name=..&split=..&data_files=..]``; or mixture
+            entries ``{path: <source>, weight: w, name: n}`` (see ``data.mixture``).
         tokenizer: ``gpt2`` (offline), another tiktoken encoding name, or a ``.tiktoken`` file.
         data_dir: Output directory for ``{train,val}_NNNNNN.bin`` and ``meta.json``.
         val_fraction: Share held out for validation, in (0, 0.5]: of the documents, or of
@@ -129,6 +136,14 @@ def prepare(
         progress: Show a progress bar (MB/s and tokens) on stderr.
     """
     _check_options(val_fraction, block_size, shard_tokens, prepare_workers, val_split)
+    mixture = read_mixture(sources)
+    if mixture is not None:
+        options = {
+            "tokenizer": tokenizer, "data_dir": data_dir, "val_fraction": val_fraction,
+            "block_size": block_size, "shard_tokens": shard_tokens, "text_field": text_field,
+            "prepare_workers": prepare_workers, "val_split": val_split, "progress": progress,
+        }  # fmt: skip
+        return prepare_mixture(mixture, prepare, options)
     refuse_data_dir_in_sources(Path(data_dir), sources)
     tok = load_tokenizer(tokenizer)
     plan = plan_sources(sources, text_field)
@@ -137,7 +152,7 @@ def prepare(
     settings = {
         "format_version": FORMAT_VERSION,
         "tokenizer": tok.identity,
-        "sources": [_normalize_source(s) for s in sources],
+        "sources": [normalize_source(s) for s in sources],
         "manifest": plan.manifest,
         "val_fraction": val_fraction,
         "val_split": val_split,  # as asked: auto's pick is in meta.json's val_split
@@ -477,12 +492,6 @@ def _progress_bar(total: int | None, initial: int, enabled: bool):
         file=sys.stderr,
         dynamic_ncols=True,
     )
-
-
-def _normalize_source(source: str) -> str:
-    if source == "stdlib" or source.startswith(HF_PREFIX):
-        return source
-    return os.path.abspath(os.path.expanduser(source))
 
 
 def _check_options(val_fraction, block_size, shard_tokens, workers, val_split) -> None:

@@ -177,6 +177,13 @@ class Plan:
     skipped_binary: list[str] = field(default_factory=list)
 
 
+def normalize_source(source: str) -> str:
+    """How meta.json records a source: a path made absolute, a keyword or dataset as given."""
+    if source == "stdlib" or source.startswith(HF_PREFIX):
+        return source
+    return os.path.abspath(os.path.expanduser(source))
+
+
 def refuse_data_dir_in_sources(data_dir: Path, sources: list[str]) -> None:
     """A data_dir inside a source folder: its own shards and meta.json would be read as
     documents by the next prepare (which then finds the sources changed)."""

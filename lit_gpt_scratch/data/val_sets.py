@@ -11,18 +11,17 @@ with different tokenizers or recipes compare fairly on it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from lit_gpt_scratch.data.mixture import NAME
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.evaluate.scoring import Encoded, rolling_windows
 from lit_gpt_scratch.files import read_utf8
 
 IGNORE = -100  # the target of a position that is not scored (cross-entropy's ignore_index)
-NAME = re.compile(r"[A-Za-z0-9_-]+")  # a name is a key in logged metric names: no / or .
 
 
 def read_val_set(name: str, path: str) -> str:

@@ -291,12 +291,7 @@ class WindowSampler(Sampler[list[int]]):
                 consumed,
             )
         else:
-            raise UserError(
-                f"the checkpoint's data position is for world_size {saved[0]} and batch_size "
-                f"{saved[1]}, this run has world_size {self.world_size} and batch_size "
-                f"{self.batch_size}, which cannot continue at the same window: keep "
-                "world_size x batch_size, or set data.allow_approximate_resume: true"
-            )
+            raise UserError(another_layout_message(*saved, self.world_size, self.batch_size))
         if state["seed"] != self.seed:
             self._check_seed(state["seed"])
         self.epoch, self.index = state["epoch"], 0
@@ -314,6 +309,17 @@ class WindowSampler(Sampler[list[int]]):
             self.seed,
             saved,
         )
+
+
+def another_layout_message(
+    saved_world_size: int, saved_batch_size: int, world_size: int, batch_size: int
+) -> str:
+    return (
+        f"the checkpoint's data position is for world_size {saved_world_size} and batch_size "
+        f"{saved_batch_size}, this run has world_size {world_size} and batch_size "
+        f"{batch_size}, which cannot continue at the same window: keep "
+        "world_size x batch_size, or set data.allow_approximate_resume: true"
+    )
 
 
 def another_seed_message(seed: int, saved: int) -> str:
