@@ -110,6 +110,15 @@ def test_bad_input_in_a_later_source_takes_back_the_whole_mixture(code, tmp_path
     assert not (tmp_path / "data").exists()
 
 
+def test_a_source_too_small_for_a_window_is_named(code, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("tiny\n")
+    sources = [{"path": str(code), "name": "code"}, {"path": str(small), "name": "small"}]
+    with pytest.raises(UserError, match=r"^data.sources 'small': the corpus is smaller than one "):
+        make(sources, tmp_path / "data").prepare_data()
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_mixture_being_prepared_is_locked(code, prose, tmp_path):
     lock = FolderLock(tmp_path / "data", "test")
     lock.acquire()

@@ -65,7 +65,7 @@ def read_mixture(sources) -> list[MixEntry] | None:
         if isinstance(source, str) and _looks_like_a_mapping(source):
             raise UserError(
                 f"data.sources: {source!r} is not a source: a mapping entry takes the keys "
-                "path, weight and name only, and path is required"
+                "path (required), weight (a number above 0) and name only"
             )
     if not is_mixture(sources):
         return None

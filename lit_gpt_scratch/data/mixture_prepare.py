@@ -51,7 +51,10 @@ def prepare_mixture(entries: list[MixEntry], prepare_one, options: dict) -> dict
 
     def one(entry: MixEntry) -> dict:
         where = str(out / entry.name)
-        return prepare_one(**{**options, "sources": [entry.path], "data_dir": where})
+        try:
+            return prepare_one(**{**options, "sources": [entry.path], "data_dir": where})
+        except UserError as e:  # "the corpus is empty": which source's corpus
+            raise type(e)(f"data.sources {entry.name!r}: {e}") from None
 
     meta = read_json(out / META)
     if meta is not None:
