@@ -36,6 +36,7 @@ def test_global_batch_size_sets_the_accumulation(tmp_path, cli, caplog):
             "error: global_batch_size 6 is not a multiple of data.batch_size 4 x 1 devices = 4: "
             "change data.batch_size",
         ),
+        (["--global_batch_size=0"], "error: global_batch_size must be at least 1, got 0"),
         (
             ["--global_batch_size=8", "--trainer.accumulate_grad_batches=4"],
             "error: trainer.accumulate_grad_batches 4 contradicts global_batch_size 8 (4 x 1 "

@@ -318,9 +318,10 @@ class LitGPTCLI(LightningCLI):
         global_batch = config.get("global_batch_size")
         if global_batch is None:
             return
+        check_at_least("global_batch_size", global_batch, 1)
         per_device, world = config.data.batch_size, self.trainer.world_size
         accumulate, rest = divmod(global_batch, per_device * world)
-        if global_batch < 1 or rest or not accumulate:
+        if rest or not accumulate:
             raise UserError(
                 f"global_batch_size {global_batch} is not a multiple of data.batch_size "
                 f"{per_device} x {world} devices = {per_device * world}: change data.batch_size"
