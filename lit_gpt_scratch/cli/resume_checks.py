@@ -3,8 +3,9 @@
 A training checkpoint continues exactly only with all its state, its tokenizer, its optimizer
 class, its corpus and its data order. What cannot continue is refused in one line naming the
 key (the checkpoint's value and the config's); ``data.allow_approximate_resume`` accepts a
-missing state, another corpus or another ``data.seed``, with a warning. A checkpoint already
-at ``trainer.max_steps`` has nothing to train: ``NothingToTrain``, exit code 0.
+missing state, another corpus, another ``data.seed`` or another ``data.windows``, with a
+warning. A checkpoint already at ``trainer.max_steps`` has nothing to train:
+``NothingToTrain``, exit code 0.
 
 Changed optimizer and schedule settings (``lr``, ``weight_decay``, ``warmup_steps``,
 ``min_lr``, a longer ``trainer.max_steps``) are not refused: ``LitGPT`` applies them from the
@@ -19,8 +20,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_gpt_scratch.data.datamodule import another_corpus_message, corpus_fingerprint
+from lit_gpt_scratch.data.samplers import another_seed_message, another_windows_message
 from lit_gpt_scratch.data.shards import META
-from lit_gpt_scratch.data.windows import another_seed_message, read_meta
+from lit_gpt_scratch.data.windows import read_meta
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
@@ -48,6 +50,7 @@ def check_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
     check_same_optimizer(ckpt, path, config.model.get("optimizer"))
     check_same_corpus(ckpt, config.data.data_dir, allow)
     check_same_seed(ckpt, config.data.seed, allow)
+    check_same_windows(ckpt, config.data.get("windows", "random"), allow)
     check_steps_left(ckpt, path, config.trainer.get("max_steps"))
 
 
@@ -121,6 +124,14 @@ def check_same_seed(ckpt: dict, seed: int, allow: bool) -> None:
     if saved is None or saved == seed or allow:
         return
     raise UserError(another_seed_message(seed, saved))
+
+
+def check_same_windows(ckpt: dict, windows: str, allow: bool) -> None:
+    sampler = (ckpt.get(DATA_STATE) or {}).get("sampler")
+    saved = (sampler or {}).get("windows", "random")  # a state from before data.windows
+    if not sampler or saved == windows or allow:
+        return
+    raise UserError(another_windows_message(windows, saved))
 
 
 def check_steps_left(ckpt: dict, path: str, max_steps: int | None) -> None:
