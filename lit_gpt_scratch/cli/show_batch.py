@@ -1,8 +1,8 @@
 """``show_batch``: the exact windows that optimizer step N of a config's run trained on, decoded.
 
-The train sampler is a seeded permutation (``data/windows.py``), so step N's windows follow
-from the config alone: ``data.seed``, ``data.batch_size``, the number of processes and the
-accumulation. Nothing is trained or loaded but the token files.
+The train sampler is a seeded permutation (``data/samplers.py``), so step N's windows follow
+from the config alone: ``data.windows``, ``data.seed``, ``data.batch_size``, the number of
+processes and the accumulation. Nothing is trained or loaded but the token files.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def show(
     """Print step ``step``'s windows of ``config``'s run, for ``trainer`` (its trainer: section
     with the overrides), each rank and micro-batch or the ones given."""
     from lit_gpt_scratch.data.datamodule import check_tokenizer
-    from lit_gpt_scratch.data.windows import TokenStream, WindowSampler, read_meta
+    from lit_gpt_scratch.data.train_windows import train_sampler
+    from lit_gpt_scratch.data.windows import TokenStream, read_meta
     from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
     data = config.data
@@ -124,7 +125,10 @@ def show(
     ranks = range(world) if rank is None else [rank]
     micro_batches = range(accumulate) if micro_batch is None else [micro_batch]
     for r in ranks:
-        sampler = WindowSampler(len(stream), window, data.batch_size, data.seed, r, world)
+        sampler = train_sampler(
+            data.get("windows", "random"), data.data_dir, meta, len(stream), window,
+            data.batch_size, data.seed, r, world,
+        )  # fmt: skip
         for m in micro_batches:
             starts = sampler.batch_at(step * accumulate + m).tolist()
             for i, start in enumerate(starts):
