@@ -111,7 +111,14 @@ def test_state_dict_resumes_at_the_first_unconsumed_batch(corpus, tmp_path):
     assert state == {
         "data_dir": str(tmp_path / "data"),
         "corpus": corpus_fingerprint(run.meta),
-        "sampler": {"epoch": 0, "index": 4, "seed": 1234, "world_size": 1, "batch_size": 4},
+        "sampler": {
+            "epoch": 0,
+            "index": 4,
+            "seed": 1234,
+            "world_size": 1,
+            "batch_size": 4,
+            "windows": "random",
+        },  # fmt: skip
     }
 
     before_loader = make(corpus, tmp_path / "data")  # Lightning restores before the loaders

@@ -81,7 +81,7 @@ def test_without_the_mask_the_comparison_would_fail(monkeypatch):
     sdpa, math = pair({}, LearnedPosition)
     idx = torch.randint(0, 97, (2, 12))
     want, _ = sdpa(idx)
-    see_everything = lambda self, T, T_keys, pad_mask, device, always=False: torch.ones(  # noqa: E731
+    see_everything = lambda self, T, T_keys, pad_mask, device, **_: torch.ones(  # noqa: E731
         1, 1, T, T_keys, dtype=torch.bool, device=device
     )
     monkeypatch.setattr(MathAttention, "_mask", see_everything)

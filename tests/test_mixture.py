@@ -171,6 +171,32 @@ def test_windows_come_from_their_sources_by_weight_and_each_source_cycles_its_ep
     assert epochs[0] != epochs[1]  # a new permutation each epoch
 
 
+
+def test_document_start_windows_in_a_mixture_begin_at_each_source_documents(
+    code, prose, tmp_path
+):
+    dm = ready(mixture(code, prose), tmp_path / "data", windows="document_start")
+    eot = dm.meta["eot_id"]
+    streams = {name: read_split(tmp_path / "data" / name, "train") for name in ("code", "prose")}
+    # a document starts at a stream's first token and after each EOT
+    starts = {n: {0, *(np.flatnonzero(t == eot) + 1).tolist()} for n, t in streams.items()}
+    counts = Counter()
+    for k, batch in enumerate(itertools.islice(dm.train_dataloader(), 40)):
+        for row, (source, start) in zip(batch.tolist(), dm.sampler.draws_at(k), strict=True):
+            name = dm.streams.names[source]
+            assert row == streams[name][start : start + BLOCK + 1].tolist()
+            # a long document also gives windows every BLOCK tokens after its start
+            assert any(0 <= start - s < len(streams[name]) and (start - s) % BLOCK == 0
+                       and not any(s < e <= start for e in starts[name]) for s in starts[name])
+            counts[name] += 1
+    assert counts["code"] == 120 and counts["prose"] == 40  # 3:1 of 160 windows
+    state = dm.state_dict()
+    assert state["mixture"]["windows"] == "document_start"
+    random = ready(mixture(code, prose), tmp_path / "data")
+    random.load_state_dict(state)
+    with pytest.raises(UserError, match=r"data.windows"):
+        random.train_dataloader()
+
 def test_ranks_split_each_batch_as_one_process_draws_it(code, prose, tmp_path):
     from test_datamodule import fake_trainer
 
@@ -449,3 +475,12 @@ def test_show_batch_decodes_a_mixture_step_naming_each_window_source(tmp_path, c
             assert streams[source][begin : begin + len(ids)] == ids  # from the named source
             seen[source] += 1
     assert seen == {"code": 18, "prose": 6}  # 3 in 4 windows
+
+
+def test_resume_checks_read_a_mixture_checkpoint_data_windows():
+    from lit_gpt_scratch.cli.resume_checks import check_same_windows
+
+    ckpt = {"TokenDataModule": {"mixture": {"windows": "document_start"}}}
+    check_same_windows(ckpt, "document_start", allow=False)
+    with pytest.raises(UserError, match=r"^data.windows: random in the config"):
+        check_same_windows(ckpt, "random", allow=False)

@@ -95,6 +95,13 @@ EXTRA_VARIANTS = {
         "attention": lambda *s: MathAttention(*s, n_kv_head=2, qk_norm=True),
         "position": RotaryPosition,
     },
+    "document_mask": {"document_mask": True, "eot_id": 5},
+    "document_mask_math_rope": {
+        "document_mask": True,
+        "eot_id": 5,
+        "attention": MathAttention,
+        "position": RotaryPosition,
+    },  # fmt: skip
 }
 VARIANTS = {**config_plugin_combinations(), **EXTRA_VARIANTS}
 

@@ -33,12 +33,15 @@ def corpus(tmp_path_factory):
     return write_text_corpus(tmp_path_factory.mktemp("corpus"), LOREM * 2)
 
 
-def test_show_batch_decodes_the_windows_fit_trained_on_with_accumulation(tmp_path, corpus, cli):
+@pytest.mark.parametrize("windows", ["random", "document_start"])
+def test_show_batch_decodes_the_windows_fit_trained_on_with_accumulation(
+    tmp_path, corpus, cli, windows
+):
     """Four optimizer steps of two micro-batches each: every window show_batch prints for a
     step is the one the step's micro-batch held, in order."""
     args = small_run_args(corpus, tmp_path / "data", **{
         "trainer.max_steps": "4", "trainer.accumulate_grad_batches": "2",
-        "samples.every_n_steps": "0", "data.batch_size": "4"})  # fmt: skip
+        "samples.every_n_steps": "0", "data.batch_size": "4", "data.windows": windows})  # fmt: skip
     callbacks = tmp_path / "callbacks.yaml"
     out = tmp_path / "batches"
     callbacks.write_text(

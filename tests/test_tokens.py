@@ -197,6 +197,7 @@ def test_resume_continues_exactly_where_training_stood(consumed):
         "seed": 3,
         "world_size": 2,
         "batch_size": 4,
+        "windows": "random",
     }
     resumed = make()
     resumed.load_state_dict(pickle.loads(pickle.dumps(state)))

@@ -3,9 +3,9 @@
 A training checkpoint continues exactly only with all its state, its tokenizer, its optimizer
 class, its corpus and its data order. What cannot continue is refused in one line naming the
 key (the checkpoint's value and the config's); ``data.allow_approximate_resume`` accepts a
-missing state, another corpus, other mixture weights or another ``data.seed``, with a warning.
-A checkpoint already at ``trainer.max_steps`` has nothing to train: ``NothingToTrain``, exit
-code 0.
+missing state, another corpus, other mixture weights, another ``data.seed`` or another
+``data.windows``, with a warning. A checkpoint already at ``trainer.max_steps`` has nothing to
+train: ``NothingToTrain``, exit code 0.
 
 Changed optimizer and schedule settings (``lr``, ``weight_decay``, ``warmup_steps``,
 ``min_lr``, a longer ``trainer.max_steps``) are not refused: ``LitGPT`` applies them from the
@@ -24,8 +24,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_gpt_scratch.data.datamodule import another_corpus_message, corpus_fingerprint
 from lit_gpt_scratch.data.mixture import read_mixture, weights_of
 from lit_gpt_scratch.data.mixture_sampler import another_mixture_message
+from lit_gpt_scratch.data.samplers import another_seed_message, another_windows_message
 from lit_gpt_scratch.data.shards import META
-from lit_gpt_scratch.data.windows import another_seed_message, read_meta
+from lit_gpt_scratch.data.windows import read_meta
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
@@ -54,6 +55,7 @@ def check_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
     check_same_mixture(ckpt, config.data.sources, allow)
     check_same_corpus(ckpt, config.data.data_dir, allow)
     check_same_seed(ckpt, config.data.seed, allow)
+    check_same_windows(ckpt, config.data.get("windows", "random"), allow)
     check_steps_left(ckpt, path, config.trainer.get("max_steps"))
 
 
@@ -144,6 +146,15 @@ def check_same_seed(ckpt: dict, seed: int, allow: bool) -> None:
     if saved is None or saved == seed or allow:
         return
     raise UserError(another_seed_message(seed, saved))
+
+
+def check_same_windows(ckpt: dict, windows: str, allow: bool) -> None:
+    data = ckpt.get(DATA_STATE) or {}
+    sampler = data.get("sampler") or data.get("mixture")  # one corpus's, or a mixture's
+    saved = (sampler or {}).get("windows", "random")  # a state from before data.windows
+    if not sampler or saved == windows or allow:
+        return
+    raise UserError(another_windows_message(windows, saved))
 
 
 def check_steps_left(ckpt: dict, path: str, max_steps: int | None) -> None:

@@ -1,8 +1,8 @@
 """``show_batch``: the exact windows that optimizer step N of a config's run trained on, decoded.
 
-The train sampler is a seeded permutation (``data/windows.py``), so step N's windows follow
-from the config alone: ``data.seed``, ``data.batch_size``, the number of processes and the
-accumulation; a mixture's schedule of sources follows from its weights
+The train sampler is a seeded permutation (``data/samplers.py``), so step N's windows follow
+from the config alone: ``data.windows``, ``data.seed``, ``data.batch_size``, the number of
+processes and the accumulation; a mixture's schedule of sources follows from its weights
 (``data/mixture_sampler.py``), and each window is named with its source. Nothing is trained or
 loaded but the token files.
 """
@@ -134,12 +134,15 @@ def show(
 
 def _corpus_draws(data, meta: dict, mixture, rank: int, world: int):
     """batch_at(n) -> [("", train stream, start), ...]: rank ``rank``'s windows of batch n."""
-    from lit_gpt_scratch.data.windows import TokenStream, WindowSampler
+    from lit_gpt_scratch.data.train_windows import train_sampler
+    from lit_gpt_scratch.data.windows import TokenStream
 
     splits, vocab = meta["splits"], meta["vocab_size"]
     stream = TokenStream(data.data_dir, "train", meta["dtype"], splits["train"], vocab_size=vocab)
-    window = data.block_size + 1
-    sampler = WindowSampler(len(stream), window, data.batch_size, data.seed, rank, world)
+    sampler = train_sampler(
+        data.get("windows", "random"), data.data_dir, meta, len(stream), data.block_size + 1,
+        data.batch_size, data.seed, rank, world,
+    )  # fmt: skip
 
     def batch_at(n: int) -> list[tuple[str, object, int]]:
         return [("", stream, start) for start in sampler.batch_at(n).tolist()]
@@ -150,19 +153,13 @@ def _corpus_draws(data, meta: dict, mixture, rank: int, world: int):
 def _mixture_draws(data, meta: dict, mixture, rank: int, world: int):
     """batch_at(n) -> [(source name, its train stream, start in it), ...], as training draws."""
     from lit_gpt_scratch.data.mixture_data import MixtureStreams
-    from lit_gpt_scratch.data.mixture_sampler import MixtureSampler
+    from lit_gpt_scratch.data.train_windows import mixture_sampler
 
     streams = MixtureStreams(data.data_dir, meta, mixture)
-    sampler = MixtureSampler(
-        streams.names,
-        [e.weight for e in mixture],
-        streams.sizes,
-        data.block_size + 1,
-        data.batch_size,
-        data.seed,
-        rank,
-        world,
-    )
+    sampler = mixture_sampler(
+        data.get("windows", "random"), data.data_dir, streams, [e.weight for e in mixture],
+        data.block_size + 1, data.batch_size, data.seed, rank, world,
+    )  # fmt: skip
 
     def batch_at(n: int) -> list[tuple[str, object, int]]:
         return [

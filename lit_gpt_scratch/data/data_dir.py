@@ -2,6 +2,7 @@
 a failed run takes back what it wrote.
 
     data_dir/  train_NNNNNN.bin, val_NNNNNN.bin   the shards (``shards.py``)
+               train_NNNNNN.docs.npy, ...         their document boundaries (``documents.py``)
                meta.json                          written last: the directory is complete
                prepare_state.json                 an unfinished run's checkpoint
                .lock                              held while a prepare writes (``files.FolderLock``)
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_gpt_scratch.data.shards import META, SHARD_RE, SPLITS, ShardWriter
+from lit_gpt_scratch.data.documents import DocumentShardWriter, check_boundaries, is_boundary_file
+from lit_gpt_scratch.data.shards import META, SHARD_RE, SPLITS
 from lit_gpt_scratch.data.val_split import auto_picks_documents
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.files import LOCK_NAME, FolderLock, is_temporary, write_atomic
@@ -39,7 +41,7 @@ def already_prepared(out: Path, meta: dict, settings: dict, block_size: int) -> 
     return meta
 
 
-def roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype) -> None:
+def roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype, eot_id: int) -> None:
     """Cut the shards back to the last checkpoint on disk, as a rerun would, and drop the
     temporary files written since."""
     state = read_json(out / STATE)
@@ -48,7 +50,7 @@ def roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype) -> None:
     if state is None:
         return
     for split in SPLITS:
-        writer = ShardWriter(out, split, shard_tokens, dtype)
+        writer = DocumentShardWriter(out, split, shard_tokens, dtype, eot_id)
         writer.resume_at(state["tokens"][split])
         writer.close()
 
@@ -93,6 +95,7 @@ def read_json(path: Path) -> dict | None:
 def _own_file(name: str) -> bool:
     return (
         bool(SHARD_RE.match(name))
+        or is_boundary_file(name)
         or _is_json_temporary(name)
         or name
         in (
@@ -163,6 +166,7 @@ def check_complete(out: Path, meta: dict, block_size: int) -> None:
                     f"{path} is missing or has the wrong size for meta.json: "
                     f"delete {out} and prepare again"
                 )
+    check_boundaries(out, meta)  # none listed in a directory prepared before they existed
     if meta["tokens"]["train"] < block_size + 1:
         raise UserError(
             f"{out} holds {meta['tokens']['train']} train tokens, fewer than one window of "

@@ -1,7 +1,7 @@
 """``TokenDataModule``: prepared token shards as (B, block_size + 1) int64 batches for Lightning.
 
     prepare_data: prepare() once per node ─► setup: meta.json, streams, checks against the
-    tokenizer and the model ─► train: infinite WindowSampler batches / val, test: ValWindows
+    tokenizer and the model ─► train: infinite batches of data.windows / val, test: ValWindows
     (+ named val sets: text files tokenized here, scored whole by LitGPT: ``val_set_batches``)
 
 A training config's ``data:`` section is this constructor's arguments; the first nine are
@@ -34,13 +34,14 @@ from lit_gpt_scratch.data.mixture import MixSource, read_mixture, refuse_val_set
 from lit_gpt_scratch.data.mixture_data import MixtureStreams, PooledValWindows, SourceValBatches
 from lit_gpt_scratch.data.mixture_sampler import MixtureSampler, another_mixture_message
 from lit_gpt_scratch.data.prepare import prepare_from_config
+from lit_gpt_scratch.data.samplers import StartSampler
+from lit_gpt_scratch.data.train_windows import Windows, mixture_sampler, train_sampler
 from lit_gpt_scratch.data.val_sets import ValSetBatches, read_val_set
 from lit_gpt_scratch.data.val_split import ValSplit, val_remedy
 from lit_gpt_scratch.data.windows import (
     TokenStream,
     TrainWindows,
     ValWindows,
-    WindowSampler,
     read_meta,
 )
 from lit_gpt_scratch.errors import Interrupted, UserError, check_at_least
@@ -79,6 +80,10 @@ class TokenDataModule(L.LightningDataModule):
         persistent_workers: Keep DataLoader workers alive between evaluations.
         val_windows: At most this many val windows, evenly spread through the val split.
         seed: Seed of the training window order (each epoch a new permutation).
+        windows: Where training windows start: ``random`` (anywhere in the train stream) or
+            ``document_start`` (at a document's first token, then every ``block_size``
+            tokens of a longer document; needs the boundary files ``prepare`` writes).
+            Validation windows are the same for both.
         allow_approximate_resume: Resume inexactly instead of refusing: from a checkpoint
             saved with another world size or batch size (at the same share of the epoch),
             another ``seed`` (the new order from the same position), another corpus (from
@@ -110,6 +115,7 @@ class TokenDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         val_windows: int = 200,
         seed: int = 1234,
+        windows: Windows = "random",
         allow_approximate_resume: bool = False,
         prepare_per_node: bool = True,
         val_sets: dict[str, str] | None = None,
@@ -130,7 +136,7 @@ class TokenDataModule(L.LightningDataModule):
         self.meta: dict = {}
         self.train_stream: TokenStream | None = None
         self.val_stream: TokenStream | None = None
-        self.sampler: WindowSampler | MixtureSampler | None = None
+        self.sampler: StartSampler | MixtureSampler | None = None
         self.streams: MixtureStreams | None = None  # a mixture's sources, after setup
         self._pending_state: dict | None = None  # sampler state loaded before the sampler exists
         self._val_sets: dict[str, ValSetBatches] = {}
@@ -234,30 +240,17 @@ class TokenDataModule(L.LightningDataModule):
             **self._loader_options(),
         )
 
-    def _new_sampler(self, rank: int, world: int) -> WindowSampler | MixtureSampler:
+    def _new_sampler(self, rank: int, world: int) -> StartSampler | MixtureSampler:
         h = self.hparams
         if self.mixture is None:
-            return WindowSampler(
-                len(self.train_stream),
-                self.window,
-                h.batch_size,
-                h.seed,
-                rank=rank,
-                world_size=world,
-                allow_approximate_resume=h.allow_approximate_resume,
-            )
-        return MixtureSampler(
-            [e.name for e in self.mixture],
-            [e.weight for e in self.mixture],
-            self.streams.sizes,
-            self.window,
-            h.batch_size,
-            h.seed,
-            rank=rank,
-            world_size=world,
-            corpora=self.streams.corpora,
-            allow_approximate_resume=h.allow_approximate_resume,
-        )
+            return train_sampler(
+                h.windows, h.data_dir, self.meta, len(self.train_stream), self.window,
+                h.batch_size, h.seed, rank, world, h.allow_approximate_resume,
+            )  # fmt: skip
+        return mixture_sampler(
+            h.windows, h.data_dir, self.streams, [e.weight for e in self.mixture], self.window,
+            h.batch_size, h.seed, rank, world, h.allow_approximate_resume,
+        )  # fmt: skip
 
     def _trainer_injects_distributed_sampler(self) -> bool:
         connector = getattr(self.trainer, "_accelerator_connector", None)
@@ -426,6 +419,12 @@ def check_against_model(meta: dict, block_size: int, gpt) -> None:
         raise UserError(
             f"the data has vocab_size {meta['vocab_size']} (tokenizer {meta['tokenizer']!r}), "
             f"more than model.gpt.vocab_size {gpt.vocab_size}: raise it to {meta['vocab_size']}"
+        )
+    eot_id = getattr(gpt, "eot_id", None)  # what a document mask splits the windows at
+    if getattr(gpt, "document_mask", False) and eot_id != meta["eot_id"]:
+        raise UserError(
+            f"model.gpt.init_args.eot_id is {eot_id}, the data's end-of-text id is "
+            f"{meta['eot_id']} (tokenizer {meta['tokenizer']!r}): set eot_id: {meta['eot_id']}"
         )
     if block_size != gpt.block_size:
         raise UserError(

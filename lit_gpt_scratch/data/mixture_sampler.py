@@ -35,10 +35,21 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from lit_gpt_scratch.data.windows import WindowSampler, another_layout_message, another_seed_message
+from lit_gpt_scratch.data.samplers import (
+    StartSampler,
+    another_layout_message,
+    another_seed_message,
+    another_windows_message,
+)
+from lit_gpt_scratch.data.windows import WindowSampler
 from lit_gpt_scratch.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def source_seed(seed: int, name: str) -> int:
+    """The seed of source ``name``'s epoch permutations: its own order, fixed by its name."""
+    return seed + zlib.crc32(name.encode())
 
 
 def _time(m: int, weight: float) -> float:
@@ -93,6 +104,9 @@ class MixtureSampler(Sampler[list[int]]):
         corpora: Each source's corpus fingerprint (its position means nothing in another).
         allow_approximate_resume: Accept a saved state of other weights, sources, corpora,
             seed or layout (with a warning) instead of refusing it.
+        source_samplers: Each source's own sampler of window starts (batch size 1, seeded
+            with ``source_seed``), e.g. one of ``data.windows: document_start``; None: random
+            windows (``WindowSampler``) in each.
     """
 
     def __init__(
@@ -107,6 +121,7 @@ class MixtureSampler(Sampler[list[int]]):
         world_size: int = 1,
         corpora: list[str] | None = None,
         allow_approximate_resume: bool = False,
+        source_samplers: list[StartSampler] | None = None,
     ):
         if window < 1 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
@@ -121,16 +136,14 @@ class MixtureSampler(Sampler[list[int]]):
         self.allow_approximate_resume = allow_approximate_resume
         # (n_sources + 1,): source i's windows start at offsets[i] in the concatenated stream
         self.offsets = [0, *itertools.accumulate(int(s) for s in sizes)]
-        self.sources = [
-            WindowSampler(size, window, 1, self.source_seed(name))
+        self.sources = source_samplers or [
+            WindowSampler(size, window, 1, source_seed(seed, name))
             for name, size in zip(self.names, sizes, strict=True)
         ]
+        self.windows = self.sources[0].windows  # data.windows: the same in every source
         self.origin = [0] * len(names)  # windows each source had drawn when this schedule began
         self.consumed = 0  # batches of this schedule consumed by training
         self._epochs: dict[int, tuple[int, torch.Tensor]] = {}  # source -> its current epoch
-
-    def source_seed(self, name: str) -> int:
-        return self.seed + zlib.crc32(name.encode())
 
     # --- windows ---------------------------------------------------------------------------------
 
@@ -185,6 +198,7 @@ class MixtureSampler(Sampler[list[int]]):
             "seed": self.seed,
             "world_size": self.world_size,
             "batch_size": self.batch_size,
+            "windows": self.windows,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -209,7 +223,10 @@ class MixtureSampler(Sampler[list[int]]):
             )
         if state["seed"] != self.seed:
             self._refuse_unless_allowed(another_seed_message(self.seed, state["seed"]))
-        if not same_weights or other_corpus:
+        saved_windows = state.get("windows", "random")  # a state from before data.windows
+        if saved_windows != self.windows:
+            self._refuse_unless_allowed(another_windows_message(self.windows, saved_windows))
+        if not same_weights or other_corpus or saved_windows != self.windows:
             self.origin = [
                 0 if name in other_corpus else int(state["drawn"].get(name, 0))
                 for name in self.names

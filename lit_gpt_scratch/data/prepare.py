@@ -9,6 +9,8 @@ Guarantees:
 - Validation is held out by ``val_split`` (``val_split.py``): whole documents, or the tail
   of each document (cut at a line end), which ``auto`` picks when the corpus has too few
   documents for the first; the summary line and meta.json say which.
+- Document boundaries: beside each shard, the offsets of its EOTs (``documents.py``), written
+  before the shard gets its final name and listed in meta.json under ``boundaries``.
 - Atomic and resumable: shards appear under their final name only when complete, progress is
   checkpointed to ``prepare_state.json`` at chunk boundaries, and ``meta.json`` is written last.
   A rerun after a kill continues from the last checkpoint and ends byte-identical to an
@@ -48,12 +50,12 @@ from lit_gpt_scratch.data.data_dir import (
     roll_back_to_checkpoint,
     write_json,
 )
+from lit_gpt_scratch.data.documents import BOUNDARIES, DocumentShardWriter
 from lit_gpt_scratch.data.mixture import MixSource, read_mixture
 from lit_gpt_scratch.data.mixture_prepare import prepare_mixture
 from lit_gpt_scratch.data.shards import (
     META,
     SPLITS,
-    ShardWriter,
     refuse_file_as_data_dir,
 )
 from lit_gpt_scratch.data.sources import (
@@ -189,7 +191,9 @@ def prepare(
             except UserError:  # bad input met while counting: leave nothing behind
                 remove_outputs(out, remove_dir=created, lock=lock)
                 raise
-        writers = {s: ShardWriter(out, s, shard_tokens, tok.dtype) for s in SPLITS}
+        writers = {
+            s: DocumentShardWriter(out, s, shard_tokens, tok.dtype, tok.eot_id) for s in SPLITS
+        }
         run = _Run(out, tok, writers, val_fraction, choice, run_settings, state)
         try:
             try:
@@ -209,7 +213,7 @@ def prepare(
                 remove_outputs(out, remove_dir=created, lock=lock)
                 then = "prepare again"
             else:
-                roll_back_to_checkpoint(out, shard_tokens, tok.dtype)
+                roll_back_to_checkpoint(out, shard_tokens, tok.dtype, tok.eot_id)
                 then = "run the same command again to continue from its last checkpoint"
             raise UserError(
                 f"{e.filename or out}: {e.strerror}: free some space (or choose another "
@@ -390,6 +394,7 @@ class _Run:
             "eot_id": self.tok.eot_id,
             "dtype": self.tok.dtype.name,
             "splits": splits,
+            BOUNDARIES: {s: w.boundary_files() for s, w in self.writers.items()},
             "tokens": {"train": train, "val": val},
             "documents": {"train": c["train_documents"], "val": c["val_documents"]},
             "val_split": {

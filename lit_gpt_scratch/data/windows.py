@@ -8,8 +8,9 @@
   ``reopen_every`` reads, so a long run does not keep every page it ever touched mapped.
 - ``WindowSampler``: an infinite, seeded sampler of window starts (a ``batch_sampler``): each
   epoch is a random permutation of non-overlapping window slots, at a random per-epoch offset,
-  split across ranks. It counts batches *consumed* by training (``mark_consumed``), not batches
-  handed to the DataLoader, so its ``state_dict`` resumes exactly after a checkpoint.
+  split across ranks. Its permutation, striding and resume are ``samplers.StartSampler``'s: it
+  counts batches *consumed* by training (``mark_consumed``), not batches handed to the
+  DataLoader, so its ``state_dict`` resumes exactly after a checkpoint.
 - ``TrainWindows`` / ``ValWindows``: map-style datasets of ``(window,)`` int64 tensors.
 
 Nothing here imports Lightning: the DataModule wires these to the Trainer.
@@ -20,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
+from lit_gpt_scratch.data.samplers import StartSampler
 from lit_gpt_scratch.data.shards import META, refuse_file_as_data_dir
 from lit_gpt_scratch.errors import UserError
 
@@ -160,21 +162,14 @@ class TokenStream:
         self._forget_maps()
 
 
-class WindowSampler(Sampler[list[int]]):
-    """Infinite, seeded, resumable batches of window start positions (use as ``batch_sampler``).
+class WindowSampler(StartSampler):
+    """``data.windows: random``: windows at any position, non-overlapping within an epoch.
 
     Epoch ``e`` draws, from ``torch.Generator().manual_seed(seed + e)``, an offset in
     ``[0, max_offset]`` and a permutation of the ``num_slots`` non-overlapping slots
     ``offset + k * window``; ``max_offset = min(window - 1, num_tokens - window)``, and
     ``num_slots`` counts the slots that fit at *any* offset, so every epoch has the same number of
-    batches. Rank ``r`` takes permutation entries ``r, r + world_size, ...``; each rank gets
-    ``num_slots // world_size // batch_size`` batches per epoch (the rest is dropped), so ranks
-    stay in step and none waits for a batch that never comes.
-
-    Resume: the DataLoader (and Lightning's fetcher) draw batches ahead of training, so what the
-    sampler has *yielded* is not what the model has *seen*. The trainer calls
-    ``mark_consumed()`` once per training batch; ``state_dict()`` reports that consumed
-    position and ``__iter__`` (after ``load_state_dict``) starts at the first unconsumed batch.
+    batches. The permutation, the ranks' shares and resume are ``StartSampler``'s.
 
     Args:
         num_tokens: Length of the train stream.
@@ -188,6 +183,8 @@ class WindowSampler(Sampler[list[int]]):
             layout that can continue exactly (for example 2 ranks x 4 saved, 1 rank x 8 or
             4 ranks x 2 resuming) needs nothing.
     """
+
+    windows = "random"
 
     def __init__(
         self,
@@ -206,128 +203,17 @@ class WindowSampler(Sampler[list[int]]):
             )
         if num_tokens < window:
             raise UserError(f"the train split has {num_tokens} tokens, fewer than one window")
-        self.num_tokens, self.window, self.seed = num_tokens, window, seed
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.allow_approximate_resume = allow_approximate_resume
+        self.num_tokens, self.window = num_tokens, window
         self.max_offset = min(window - 1, num_tokens - window)
-        self.num_slots = (num_tokens - self.max_offset) // window
-        self.batches_per_epoch = self.num_slots // world_size // batch_size
-        if self.batches_per_epoch == 0:
-            raise UserError(
-                f"the train split has {num_tokens} tokens: {self.num_slots} windows of {window}, "
-                f"fewer than one batch of batch_size {batch_size} x world_size {world_size}"
-            )
-        self.epoch = 0  # consumed position: the next batch training will see
-        self.index = 0  # batches of this epoch already consumed
-
-    def epoch_batches(self, epoch: int) -> torch.Tensor:
-        """This rank's batches of ``epoch``: start positions. (batches_per_epoch, batch_size)"""
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        offset = int(torch.randint(self.max_offset + 1, (1,), generator=g))
-        slots = torch.randperm(self.num_slots, generator=g)  # (num_slots,)
-        mine = slots[self.rank :: self.world_size][: self.batches_per_epoch * self.batch_size]
-        return (offset + mine * self.window).view(self.batches_per_epoch, self.batch_size)
-
-    def batch_at(self, consumed: int) -> torch.Tensor:
-        """(batch_size,) the start positions of this rank's batch number ``consumed`` (from 0),
-        counted from the run's start: the batch the run trains on after ``consumed`` others."""
-        epoch, index = divmod(consumed, self.batches_per_epoch)
-        return self.epoch_batches(epoch)[index]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, index = self.epoch, self.index  # resume at the consumed position, not the yielded
-        while True:
-            for batch in self.epoch_batches(epoch)[index:]:
-                yield batch.tolist()
-            epoch, index = epoch + 1, 0
-
-    def mark_consumed(self, n: int = 1) -> None:
-        """Training used ``n`` more batches: advance the position that ``state_dict`` saves."""
-        self.epoch, self.index = divmod(
-            self.epoch * self.batches_per_epoch + self.index + n, self.batches_per_epoch
+        num_slots = (num_tokens - self.max_offset) // window
+        what = f"the train split has {num_tokens} tokens: {num_slots} windows of {window}"
+        super().__init__(
+            num_slots, batch_size, seed, rank, world_size, allow_approximate_resume, what
         )
 
-    def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "index": self.index,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "batch_size": self.batch_size,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue at the consumed position of ``state``; the next ``__iter__`` starts there."""
-        saved = (state["world_size"], state["batch_size"])
-        # All ranks together consumed the first `windows` entries of the epoch's permutation,
-        # whatever the striding, so another layout continues exactly where this one stopped
-        # if it splits that prefix into whole batches and its epochs hold as many windows.
-        windows = state["index"] * state["batch_size"] * state["world_size"]
-        per_step, saved_per_step = self.batch_size * self.world_size, saved[0] * saved[1]
-        same_epochs = (
-            self.num_slots // saved_per_step * saved_per_step
-            == self.num_slots // per_step * per_step
-        )
-        if saved == (self.world_size, self.batch_size) or (windows % per_step == 0 and same_epochs):
-            consumed = windows // per_step
-            if per_step != saved_per_step and self.rank == 0:
-                log.info(
-                    "resuming with %d windows a step (world_size %d x batch_size %d), not the "
-                    "checkpoint's %d: the data continues exactly, at window %d of epoch %d",
-                    per_step, self.world_size, self.batch_size, saved_per_step, windows,
-                    state["epoch"],
-                )  # fmt: skip
-        elif self.allow_approximate_resume:
-            consumed = windows // per_step
-            log.warning(
-                "approximate data resume: world_size %d, batch_size %d -> %d, %d: %d windows of "
-                "epoch %d consumed, continuing at batch %d (under one batch of windows seen twice)",
-                *saved,
-                self.world_size,
-                self.batch_size,
-                windows,
-                state["epoch"],
-                consumed,
-            )
-        else:
-            raise UserError(another_layout_message(*saved, self.world_size, self.batch_size))
-        if state["seed"] != self.seed:
-            self._check_seed(state["seed"])
-        self.epoch, self.index = state["epoch"], 0
-        self.mark_consumed(consumed)  # also rolls an index past the epoch's end into the next
-
-    def _check_seed(self, saved: int) -> None:
-        """Another ``data.seed`` is another window order: the saved position means nothing
-        there. Refused unless approximate resume is allowed; then the new order continues
-        from the same position (windows the run saw may come again, others not at all)."""
-        if not self.allow_approximate_resume:
-            raise UserError(another_seed_message(self.seed, saved))
-        log.warning(
-            "approximate data resume: data.seed %d (the checkpoint's was %d) orders the "
-            "windows anew from the saved position",
-            self.seed,
-            saved,
-        )
-
-
-def another_layout_message(
-    saved_world_size: int, saved_batch_size: int, world_size: int, batch_size: int
-) -> str:
-    return (
-        f"the checkpoint's data position is for world_size {saved_world_size} and batch_size "
-        f"{saved_batch_size}, this run has world_size {world_size} and batch_size "
-        f"{batch_size}, which cannot continue at the same window: keep "
-        "world_size x batch_size, or set data.allow_approximate_resume: true"
-    )
-
-
-def another_seed_message(seed: int, saved: int) -> str:
-    return (
-        f"data.seed: {seed} in the config, {saved} in the checkpoint: another window order, "
-        f"where the saved data position means nothing; keep data.seed {saved}, or set "
-        "data.allow_approximate_resume: true"
-    )
+    def epoch_layout(self, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+        offset = int(torch.randint(self.max_offset + 1, (1,), generator=g))  # before the slots
+        return lambda slots: offset + slots * self.window
 
 
 class TrainWindows(Dataset):

@@ -192,6 +192,7 @@ def hf_from_gpt(model: GPT):
     _require(isinstance(attn, CausalSelfAttention), "attention", attn)
     _require(attn.q_norm is None, "attention", attn, "QK-norm")
     _require(model.logit_softcap is None, "gpt", model, "logit_softcap")
+    _require(not model.document_mask, "gpt", model, "document_mask")
     _require(attn.window is None, "attention", attn, "a sliding window")
     d, V = model.wte.embedding_dim, model.vocab_size
     common = dict(vocab_size=V, tie_word_embeddings=model_is_tied(model))

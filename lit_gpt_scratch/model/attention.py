@@ -1,12 +1,14 @@
 """Causal self-attention plug-ins, and the key/value cache they share during generation.
 
 Contract: ``Attention(d_model, n_head, block_size, **options)`` with
-``forward(x, position, pos, cache=None, pad_mask=None) -> (B, T, d_model)`` where
+``forward(x, position, pos, cache=None, pad_mask=None, doc_mask=None) -> (B, T, d_model)`` where
 
 - ``x`` (B, T, C) is the normed residual stream, ``pos`` (T,) or (B, T) its position ids,
 - ``position`` is the model's position plug-in (its ``rotate`` is applied to q and k),
 - ``cache`` is this layer's ``KVCache`` when decoding incrementally,
-- ``pad_mask`` (B, T_keys) is False at left-padding slots of a batch of prompts.
+- ``pad_mask`` (B, T_keys) is False at left-padding slots of a batch of prompts,
+- ``doc_mask`` (B, 1, T, T_keys) is True where query and key are in the same document
+  (``GPT(document_mask=True)``, ``model/documents.py``); None: one document.
 
 The output projection is named ``c_proj``: the GPT gives it the scaled residual init.
 """
@@ -37,6 +39,7 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.length = 0
+        self.documents = None  # the slots' ids, kept by a GPT with document_mask (DocumentSlots)
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's keys and values; return all of them so far, (B, h_kv, T_keys, hs)."""
@@ -123,15 +126,16 @@ class CausalSelfAttention(Attention):
         pos: torch.Tensor,
         cache: KVCache | None = None,
         pad_mask: torch.Tensor | None = None,
+        doc_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self._heads(x, position, pos, cache)  # (B, h, T, hs), (B, h, T_keys, hs) x2
-        mask = self._mask(T, k.size(2), pad_mask, x.device)
+        mask = self._mask(T, k.size(2), pad_mask, x.device, doc_mask=doc_mask)
         # Explicit branches, never ``is_causal=<expression of T>``: once torch.compile makes T
         # dynamic, ``T > 1`` is a SymBool, which SDPA refuses; that graph break inside the
         # block loop would make Dynamo run the whole GPT.forward eagerly from then on. A
         # Python ``if`` on T is a guard instead, and each branch stays one graph.
-        if mask is not None:  # padding, a sliding window, or queries after cached keys
+        if mask is not None:  # padding, documents, a sliding window, queries after cached keys
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif T > 1:  # plain causal attention (training, prefill): the fast kernels
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -141,12 +145,13 @@ class CausalSelfAttention(Attention):
         return self.c_proj(y)
 
     def _mask(
-        self, T: int, T_keys: int, pad_mask, device, always: bool = False
+        self, T: int, T_keys: int, pad_mask, device, always: bool = False, doc_mask=None
     ) -> torch.Tensor | None:
         """Which keys each query may see, (B or 1, 1, T, T_keys) bool; None where SDPA's
         plain causal or unmasked call does the same (see forward), unless ``always``."""
         offset = T_keys - T  # keys already in the cache before these queries
-        if not always and pad_mask is None and self.window is None and (offset == 0 or T == 1):
+        plain = pad_mask is None and doc_mask is None and self.window is None
+        if not always and plain and (offset == 0 or T == 1):
             return None
         q_slot = torch.arange(offset, T_keys, device=device)[:, None]  # (T, 1)
         k_slot = torch.arange(T_keys, device=device)[None, :]  # (1, T_keys)
@@ -154,6 +159,8 @@ class CausalSelfAttention(Attention):
         if self.window is not None:
             mask = mask & (q_slot - k_slot < self.window)
         mask = mask[None, None]
+        if doc_mask is not None:
+            mask = mask & doc_mask  # (B, 1, T, T_keys)
         if pad_mask is not None:
             # Never attend to padding; each query still sees itself, so a padding query's row
             # is not empty (its output is ignored, but must not be NaN).
@@ -196,12 +203,13 @@ class MathAttention(CausalSelfAttention):
         pos: torch.Tensor,
         cache: KVCache | None = None,
         pad_mask: torch.Tensor | None = None,
+        doc_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         hs = self.head_size
         q, k, v = self._heads(x, position, pos, cache)  # (B, h, T, hs), (B, h, T_keys, hs) x2
         T_keys = k.size(2)
-        mask = self._mask(T, T_keys, pad_mask, x.device, always=True)  # no is_causal here
+        mask = self._mask(T, T_keys, pad_mask, x.device, always=True, doc_mask=doc_mask)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, h, T, T_keys)
         scores = scores.masked_fill(~mask, float("-inf"))
         # the softmax in fp32 at least (bf16 under autocast loses the small weights)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.model.attention import Attention, CausalSelfAttention, KVCache
+from lit_gpt_scratch.model.documents import DocumentSlots, documents, same_document
 from lit_gpt_scratch.model.mlp import MLP, GeluMLP
 from lit_gpt_scratch.model.norm import LayerNorm, Norm
 from lit_gpt_scratch.model.position import LearnedPosition, Position
@@ -39,8 +40,8 @@ class Block(nn.Module):
         self.ln_2 = norm(d_model)
         self.mlp = mlp(d_model)
 
-    def forward(self, x, position, pos, cache=None, pad_mask=None):
-        x = x + self.attn(self.ln_1(x), position, pos, cache, pad_mask)
+    def forward(self, x, position, pos, cache=None, pad_mask=None, doc_mask=None):
+        x = x + self.attn(self.ln_1(x), position, pos, cache, pad_mask, doc_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -74,6 +75,12 @@ class GPT(nn.Module):
             positions at a time, recomputing each chunk in the backward pass, so the
             (B, T, vocab) logits are never held at once; ``forward`` then returns no logits.
             0: the whole batch at once.
+        document_mask: Each token attends only within its own document, and positions count
+            from its document's start (``model/documents.py``): an ``eot_id`` token begins a
+            new document. Off: one causal attention over the whole window (SDPA's causal
+            kernels, no mask tensor).
+        eot_id: The tokenizer's end-of-text id (50256 for gpt2), which ``document_mask``
+            splits documents at; must equal the data's (``meta.json``'s ``eot_id``).
 
     ``activation_checkpointing`` and ``loss_chunk_size`` change how the model runs, never what
     it computes: a checkpoint resumes with either setting.
@@ -97,6 +104,8 @@ class GPT(nn.Module):
         logit_softcap: float | None = None,
         activation_checkpointing: bool = False,
         loss_chunk_size: int = 0,
+        document_mask: bool = False,
+        eot_id: int | None = None,
     ):
         super().__init__()
         sizes = dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
@@ -107,6 +116,17 @@ class GPT(nn.Module):
             raise UserError(f"model.gpt loss_chunk_size must be 0 or more, got {loss_chunk_size}")
         if logit_softcap is not None and logit_softcap <= 0:
             raise UserError(f"model.gpt logit_softcap must be positive, got {logit_softcap}")
+        if document_mask and eot_id is None:
+            raise UserError(
+                "model.gpt.init_args.document_mask needs model.gpt.init_args.eot_id: the "
+                "tokenizer's end-of-text id (50256 for gpt2)"
+            )
+        if eot_id is not None and not 0 <= eot_id < vocab_size:
+            raise UserError(
+                f"model.gpt.init_args.eot_id {eot_id} is not an id of the {vocab_size}-id "
+                "vocabulary"
+            )
+        self.document_mask, self.eot_id = document_mask, eot_id
         self.logit_softcap = logit_softcap
         self.zero_init_projections = zero_init_projections
         self.activation_checkpointing = activation_checkpointing
@@ -151,6 +171,9 @@ class GPT(nn.Module):
             pos: (T,) or (B, T) position ids; by default 0..T-1, after any cached slots.
             caches: One ``KVCache`` per block, for incremental decoding (see generate.py).
             pad_mask: (B, T_keys) False at the left padding of a batch of prompts.
+
+        With ``document_mask``, ``pos`` is recounted from each token's document start and
+        attention stays within documents (the caches remember the ids decoded so far).
         """
         B, T = idx.shape
         start = caches[0].length if caches else 0
@@ -158,13 +181,19 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.block_size}")
         if pos is None:
             pos = torch.arange(start, start + T, device=idx.device)
+        doc_mask = None  # (B, 1, T, T_keys) with document_mask: same document
+        if self.document_mask:
+            pos, doc_mask = self._documents(idx, pos, caches, pad_mask)
         x = self.position.embed(self.wte(idx), pos)  # (B, T, C)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if recompute and not caches:
-                x = checkpoint(block, x, self.position, pos, None, pad_mask, use_reentrant=False)
+                x = checkpoint(
+                    block, x, self.position, pos, None, pad_mask, doc_mask, use_reentrant=False
+                )
             else:
-                x = block(x, self.position, pos, caches[i] if caches else None, pad_mask)
+                cache = caches[i] if caches else None
+                x = block(x, self.position, pos, cache, pad_mask, doc_mask)
         x = self.ln_f(x)
         if targets is not None and self.loss_chunk_size:
             return None, self._chunked_loss(x.reshape(-1, x.size(-1)), targets.reshape(-1))
@@ -172,6 +201,19 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         return logits, self._cross_entropy(logits, targets.reshape(-1), "mean")
+
+    def _documents(self, idx, pos, caches, pad_mask):
+        """Positions within documents (B, T), and which keys share each query's document
+        (B, 1, T, T_keys), over the cached slots too."""
+        B, T = idx.shape
+        pos = pos.expand(B, T)
+        all_idx, all_pos = idx, pos  # (B, T_keys)
+        if caches:
+            if caches[0].documents is None:
+                caches[0].documents = DocumentSlots(B, caches[0].shape[2], idx.device)
+            all_idx, all_pos = caches[0].documents.update(idx, pos)
+        segments, doc_pos = documents(all_idx, all_pos, self.eot_id, pad_mask)
+        return doc_pos[:, -T:], same_document(segments[:, -T:], segments)
 
     def _cross_entropy(self, logits, targets, reduction: str) -> torch.Tensor:
         # fp32 cross-entropy whatever the autocast dtype: bf16 log-softmax over 50k ids is lossy
