@@ -30,8 +30,9 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegi
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lit_gpt_scratch.cli.resume_checks import NothingToTrain, check_resume
+from lit_gpt_scratch.cli.resume_checks import NothingToTrain, check_classifier_resume, check_resume
 from lit_gpt_scratch.cli.strict_yaml import config_files
+from lit_gpt_scratch.data.classification import ClassificationDataModule
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.errors import UserError, check_above, check_at_least, one_line
 from lit_gpt_scratch.files import FolderLock, remove_stale
@@ -47,6 +48,7 @@ from lit_gpt_scratch.train.checkpoint_files import (
 )
 from lit_gpt_scratch.train.checkpoint_io import install_atomic_checkpoint_io
 from lit_gpt_scratch.train.checkpoints import RunCheckpoint, last_candidates_in
+from lit_gpt_scratch.train.classifier import LitClassifier
 from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.train.downstream import DownstreamEval
 from lit_gpt_scratch.train.host_memory import keep_freed_memory
@@ -86,9 +88,14 @@ RUN_FOLDER_ENV = "LIT_GPT_SCRATCH_RUN_FOLDER"
 _HELD_LOCKS: list[FolderLock] = []
 # Keys the parser fills from another (jsonargparse drops a value given for them silently).
 LINKED_KEYS = {"model.gpt.init_args.block_size": "data.block_size"}
+# model.head: classification (train/classifier.py) trains LitClassifier on labelled texts
+CLASSIFIER_LINKED_KEYS = {**LINKED_KEYS, "data.n_classes": "model.n_classes"}
+HEADS = ("classification",)
 
 
 class LitGPTCLI(LightningCLI):
+    linked_keys = LINKED_KEYS
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -107,7 +114,7 @@ class LitGPTCLI(LightningCLI):
         parser.add_lightning_class_args(TextSamples, "samples")
         parser.add_lightning_class_args(DownstreamEval, "downstream")
         parser.add_lightning_class_args(StopOnSignal, "preemption")
-        for target, source in LINKED_KEYS.items():
+        for target, source in self.linked_keys.items():
             parser.link_arguments(source, target)
         parser.add_argument(
             "--global_batch_size",
@@ -180,11 +187,19 @@ class LitGPTCLI(LightningCLI):
         ckpt = read_checkpoint(path, sharded=True)
         if is_weights_only(ckpt):
             return None  # a fine-tune: before_fit checks the tensors fit the configured model
+        if another_head(ckpt, config):  # a pretraining checkpoint starting a classifier
+            if self.config.subcommand != "fit":
+                raise UserError(
+                    f"checkpoint {path} is a model with another head than model.head "
+                    f"{config.model.get('head')}: fine-tune it first (fit --ckpt_path {path})"
+                )
+            return None  # its weights start the fine-tune (before_fit)
         difference = first_difference(ckpt["hyper_parameters"]["gpt"], config.model.gpt.as_dict())
         if difference:
             raise UserError(f"checkpoint {path} holds another model than the config: {difference}")
         if self.config.subcommand == "fit":  # Lightning will resume its training state
-            check_resume(ckpt, path, config, sharded=is_sharded(path))
+            check = check_classifier_resume if config.model.get("head") else check_resume
+            check(ckpt, path, config, sharded=is_sharded(path))
         run = run_of_checkpoint(path, root) if root else None
         if self.config.subcommand != "fit":
             return None  # evaluating: a new run folder
@@ -306,7 +321,8 @@ class LitGPTCLI(LightningCLI):
             # TensorBoardLogger hands its extra kwargs to the SummaryWriter it creates lazily.
             logger._kwargs["purge_step"] = self.purge_step
         ckpt = self._checkpoint_that_fits()
-        if ckpt is not None and is_weights_only(ckpt):
+        starts = ckpt is not None and another_head(ckpt, self.config[self.subcommand])
+        if ckpt is not None and (is_weights_only(ckpt) or starts):
             config = self.config_init[self.subcommand]
             path = config["ckpt_path"]
             load_weights(self.model.gpt, ckpt, path)
@@ -371,6 +387,57 @@ class LitGPTCLI(LightningCLI):
 
     # evaluating a fine-tune's starting point (import_hf) checks the tensors too
     before_validate = before_test = before_predict = _checkpoint_that_fits
+
+
+class ClassifierCLI(LitGPTCLI):
+    """``fit`` and the rest for ``model.head: classification``: LitClassifier on a
+    ClassificationDataModule, ``model.n_classes`` linked to ``data.n_classes``."""
+
+    linked_keys = CLASSIFIER_LINKED_KEYS
+
+
+def another_head(ckpt: dict, config) -> bool:
+    """Whether the checkpoint's model has another head than the config's (a pretraining
+    checkpoint given to a classifier's fit): then only its GPT weights are used."""
+    saved = (ckpt.get("hyper_parameters") or {}).get("head")
+    return saved != config.model.get("head")
+
+
+def configured_head(args: list[str]) -> str | None:
+    """``model.head`` as the ``--config`` files and the command line set it, the last one
+    winning as in jsonargparse (None: a language model). Read before the CLI is built: the
+    head decides which LightningModule and data module the CLI is for."""
+    head = None
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--config" and i + 1 < len(args) or arg.startswith("--config="):
+            path = args[i + 1] if arg == "--config" else arg.removeprefix("--config=")
+            value = _value_in(path, ["model", "head"])
+        elif arg == "--model.head" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--model.head="):
+            value = arg.removeprefix("--model.head=")
+        if value is not None:
+            head = value
+    if head is not None and head not in HEADS:
+        raise UserError(
+            f"model.head {head!r} is not a head: {', '.join(HEADS)}, or leave it out for "
+            "next-token prediction"
+        )
+    return head
+
+
+def _value_in(path: str, parts: list[str]):
+    """The value at ``parts`` of the YAML file at ``path``, or None."""
+    try:
+        node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # check_config_files and jsonargparse name a bad file
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 class _RunFolderKept(Callback):
@@ -457,12 +524,13 @@ def run(args: list[str]) -> int:
     keep_freed_memory()
     quiet_lightning()
     # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
-    refuse_linked_keys(args)
+    classifier = configured_head(args) == "classification"
+    refuse_linked_keys(args, CLASSIFIER_LINKED_KEYS if classifier else LINKED_KEYS)
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     started = False
     try:
         with handlers_kept_until_done(), _quiet_writer_of_a_removed_run():
-            cli = _run_cli()
+            cli = _run_cli(classifier)
         started = True
     except FileNotFoundError:
         folder = _removed_run_folder()
@@ -493,11 +561,11 @@ def run(args: list[str]) -> int:
     return 128 + stopped_by if stopped_by else 0
 
 
-def refuse_linked_keys(args: list[str]) -> None:
+def refuse_linked_keys(args: list[str], links: dict[str, str] = LINKED_KEYS) -> None:
     """A value for a linked key (``model.gpt.init_args.block_size``), in a ``--config`` file
     or on the command line, is refused: jsonargparse would overwrite it with its source's
     without a word, and the run would train another context length than the config says."""
-    for target, source in LINKED_KEYS.items():
+    for target, source in links.items():
         given = [
             "on the command line"
             for a in args
@@ -573,7 +641,9 @@ def _release_run_folders(failed: bool) -> None:
     os.environ.pop(RUN_FOLDER_ENV, None)
 
 
-def _run_cli() -> LitGPTCLI:
+def _run_cli(classifier: bool = False) -> LitGPTCLI:
+    if classifier:
+        return ClassifierCLI(LitClassifier, ClassificationDataModule, **_cli_options())
     return LitGPTCLI(LitGPT, TokenDataModule, **_cli_options())
 
 

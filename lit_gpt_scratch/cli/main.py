@@ -152,6 +152,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         function_command("train_tokenizer", "lit_gpt_scratch.tokenizer.training"),
     ),
     "generate": ("sample text from a checkpoint", function_command("generate")),
+    "classification_set": (
+        "write a labelled .jsonl set from the stdlib (for configs/classify-tiny.yaml)",
+        function_command("classification_set", "lit_gpt_scratch.data.classification_set"),
+    ),
     "evaluate": (
         "score a checkpoint on downstream tasks (acc, acc_norm) and text (bpb)",
         function_command("evaluate", "lit_gpt_scratch.cli.evaluate"),

@@ -59,7 +59,22 @@ def check_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
     check_steps_left(ckpt, path, config.trainer.get("max_steps"))
 
 
-def check_complete_state(ckpt: dict, path: str, allow: bool, sharded: bool) -> None:
+def check_classifier_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
+    """``check_resume`` for ``model.head: classification``: the same state, tokenizer,
+    optimizer and steps left; its data position (``ClassificationDataModule``'s sampler) is
+    checked against the seed and batch layout when it loads."""
+    allow = bool(config.data.get("allow_approximate_resume"))
+    exact = {**EXACT_STATE}
+    exact["ClassificationDataModule"] = exact.pop(DATA_STATE)
+    check_complete_state(ckpt, path, allow, sharded, exact)
+    check_same_tokenizer(ckpt, path, config.data.tokenizer)
+    check_same_optimizer(ckpt, path, config.model.get("optimizer"))
+    check_steps_left(ckpt, path, config.trainer.get("max_steps"))
+
+
+def check_complete_state(
+    ckpt: dict, path: str, allow: bool, sharded: bool, exact: dict[str, str] = EXACT_STATE
+) -> None:
     # Without an optimizer state Lightning cannot resume at all (a sharded checkpoint keeps
     # it beside its meta.pt, which is all that was read).
     if not sharded and "optimizer_states" not in ckpt:
@@ -67,10 +82,10 @@ def check_complete_state(ckpt: dict, path: str, allow: bool, sharded: bool) -> N
             f"checkpoint {path} holds no optimizer state: it cannot resume a run; start a "
             "new run from its weights instead"
         )
-    missing = [key for key in EXACT_STATE if key not in ckpt]
+    missing = [key for key in exact if key not in ckpt]
     if not missing:
         return
-    losses = "; ".join(f"no {key}: {EXACT_STATE[key]}" for key in missing)
+    losses = "; ".join(f"no {key}: {exact[key]}" for key in missing)
     if not allow:
         raise UserError(
             f"checkpoint {path} lacks state an exact resume needs ({losses}): set "

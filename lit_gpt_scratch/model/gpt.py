@@ -175,6 +175,23 @@ class GPT(nn.Module):
         With ``document_mask``, ``pos`` is recounted from each token's document start and
         attention stays within documents (the caches remember the ids decoded so far).
         """
+        x = self.features(idx, pos, caches, pad_mask)
+        if targets is not None and self.loss_chunk_size:
+            return None, self._chunked_loss(x.reshape(-1, x.size(-1)), targets.reshape(-1))
+        logits = self._logits(x)
+        if targets is None:
+            return logits, None
+        return logits, self._cross_entropy(logits, targets.reshape(-1), "mean")
+
+    def features(
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, d_model) the final hidden states (after ``ln_f``), before any head: what the
+        LM head turns into logits and a classification head reads. Arguments as ``forward``."""
         B, T = idx.shape
         start = caches[0].length if caches else 0
         if start + T > self.block_size:
@@ -194,13 +211,7 @@ class GPT(nn.Module):
             else:
                 cache = caches[i] if caches else None
                 x = block(x, self.position, pos, cache, pad_mask, doc_mask)
-        x = self.ln_f(x)
-        if targets is not None and self.loss_chunk_size:
-            return None, self._chunked_loss(x.reshape(-1, x.size(-1)), targets.reshape(-1))
-        logits = self._logits(x)
-        if targets is None:
-            return logits, None
-        return logits, self._cross_entropy(logits, targets.reshape(-1), "mean")
+        return self.ln_f(x)
 
     def _documents(self, idx, pos, caches, pad_mask):
         """Positions within documents (B, T), and which keys share each query's document

@@ -321,7 +321,8 @@ class LitGPT(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         optimizer.__dict__.pop("found_inf", None)  # last step's flag (a GradScaler sets its own)
         self._grad_norm = None
-        grads = [p.grad for p in self.gpt.parameters() if p.grad is not None]
+        # self.parameters(): the GPT's, and any head a subclass adds (train/classifier.py)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
         sharded = isinstance(self.trainer.strategy, FSDPStrategy) and world_size() > 1
         if not grads and not sharded:
             return
@@ -365,10 +366,10 @@ class LitGPT(L.LightningModule):
             return
         ours = self.trainer.precision != "16-mixed"
         if ours and (gradient_clip_algorithm or "norm") == "norm" and self._grad_norm is not None:
-            params = [p for p in self.gpt.parameters() if p.grad is not None]
+            params = [p for p in self.parameters() if p.grad is not None]
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, self._grad_norm)
         elif ours and gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(self.gpt.parameters(), gradient_clip_val)
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
         elif self.trainer.precision == "16-mixed" and skips_on_device(optimizer):
             raise UserError(
                 "trainer.gradient_clip_val with trainer.precision 16-mixed needs an optimizer "
@@ -399,11 +400,16 @@ class LitGPT(L.LightningModule):
 
     def build_optimizer(self, total_steps: int):
         """The optimizer over the three param groups, and its scheduler set to ``total_steps``."""
-        optimizer = self.optimizer_factory(param_groups(self.gpt, self.param_roles))
+        optimizer = self.optimizer_factory(self.optimizer_groups())
         scheduler = self.scheduler_factory(optimizer)
         if hasattr(scheduler, "set_total_steps"):
             scheduler.set_total_steps(total_steps)
         return optimizer, scheduler
+
+    def optimizer_groups(self) -> list[dict]:
+        """The param groups the optimizer is built with (``param_groups``); a subclass that
+        adds or freezes parameters says so here."""
+        return param_groups(self.gpt, self.param_roles)
 
 
 def _compile_options(mode, dynamic, fullgraph, backend) -> dict:
