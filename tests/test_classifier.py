@@ -12,8 +12,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-
 from conftest import LOREM, ROOT, small_run_args, write_text_corpus
+
 from lit_gpt_scratch.data.classification import ClassificationDataModule, read_labelled
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.gpt import GPT
@@ -157,10 +157,24 @@ def test_a_bad_record_is_one_line_naming_its_byte_offset(tmp_path, line, message
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_classify_config_builds_the_tiny_model_its_checkpoints_start_from(cli):
+    import yaml
+
+    shown = {}
+    for name in ("tiny", "classify-tiny"):
+        result = cli("fit", f"--config={ROOT / 'configs' / name}.yaml", "--print_config")
+        assert result.returncode == 0, result.stderr
+        shown[name] = yaml.safe_load(result.stdout)
+    assert shown["classify-tiny"]["model"]["gpt"] == shown["tiny"]["model"]["gpt"]
+    assert shown["classify-tiny"]["data"]["tokenizer"] == shown["tiny"]["data"]["tokenizer"]
+
+
 def test_bad_head_options_are_one_line(cli, tmp_path):
     result = cli("fit", "--config", str(CONFIG), "--model.head=regression", "--print_config")
     assert result.returncode == 1
     assert "model.head 'regression' is not a head" in result.stderr.strip().splitlines()[-1]
+    refused = cli("prepare", "--config", str(CONFIG))
+    assert refused.returncode == 1 and "nothing to prepare" in refused.stderr
     with pytest.raises(UserError, match=r"model.trainable_blocks must be in \[0, 2\]"):
         LitClassifier(small_gpt(), trainable_blocks=3)
     with pytest.raises(UserError, match="data.class_names lists 1 names, model.n_classes is 2"):

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BASES = ("tiny", "124m", "shakespeare-char")  # whole configs of their own
+# whole configs of their own (classify-tiny's model.gpt is tiny's: tests/test_classifier.py)
+BASES = ("tiny", "124m", "shakespeare-char", "classify-tiny")
 # copy: (the configs it is built from, layered in this order; what it changes, as YAML)
 COPIES = {
     "350m": (

@@ -61,7 +61,14 @@ def parse(parser, args: list[str]):
 
 
 def run_prepare(args: list[str]) -> int:
+    from lit_gpt_scratch.cli.lightning_cli import configured_head
     from lit_gpt_scratch.data.prepare import prepare_from_config
+
+    if configured_head(args) is not None:
+        raise UserError(
+            "model.head classification: its data.train_file and data.val_file are read as fit "
+            "starts, there is nothing to prepare"
+        )
 
     cfg = parse(prepare_parser(), args)
     prepare_from_config(cfg.data.as_dict(), progress=cfg.progress)

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from lit_gpt_scratch.data.samplers import StartSampler
@@ -59,7 +59,9 @@ def label_of(value, class_names: list[str] | None, n_classes: int, where: str) -
         if class_names is None:
             raise UserError(f"{where}: label {value!r} is a name, but data.class_names is not set")
         if value not in class_names:
-            raise UserError(f"{where}: label {value!r} is not one of data.class_names {class_names}")
+            raise UserError(
+                f"{where}: label {value!r} is not one of data.class_names {class_names}"
+            )
         return class_names.index(value)
     if isinstance(value, bool) or not isinstance(value, int):  # True is an int to Python
         raise UserError(f"{where}: label {value!r} is neither an int nor a class name")
@@ -118,9 +120,9 @@ def _record(line: bytes, offset: int, where: str) -> dict | None:
     except json.JSONDecodeError as e:
         raise UserError(f"{where} is not valid JSON ({e.msg})") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise UserError(f"{where} has no \"text\" string")
+        raise UserError(f'{where} has no "text" string')
     if "label" not in record:
-        raise UserError(f"{where} has no \"label\"")
+        raise UserError(f'{where} has no "label"')
     return record
 
 
@@ -222,7 +224,7 @@ class ClassificationDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=h.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        """Every val record once over all ranks (rank ``r`` scores records ``r, r + world, ...``)."""
+        """Every val record once over all ranks: rank ``r`` scores records ``r, r + world, ...``."""
         rank, world = self._rank_and_world()
         mine = torch.utils.data.Subset(self.val_set, range(rank, len(self.val_set), world))
         return DataLoader(mine, batch_size=self.hparams.batch_size, shuffle=False)

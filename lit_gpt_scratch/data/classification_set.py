@@ -51,7 +51,7 @@ def stdlib_functions(package: str, max_lines: int) -> list[tuple[str, str]]:
 
 def classification_set(
     out: str,
-    packages: list[str] = list(PACKAGES),
+    packages: tuple[str, ...] = PACKAGES,
     per_class: int = 400,
     max_lines: int = 8,
     val_percent: int = 10,
@@ -72,7 +72,7 @@ def classification_set(
     check_at_least("max_lines", max_lines, 1)
     check_in("val_percent", val_percent, 1, 100)
     if len(packages) < 2 or len(set(packages)) != len(packages):
-        raise UserError(f"packages must name two or more distinct packages, got {packages}")
+        raise UserError(f"packages must name two or more distinct packages, got {list(packages)}")
     splits: dict[str, list[str]] = {"train": [], "val": []}
     counts = []
     for package in packages:

@@ -93,9 +93,7 @@ class LitClassifier(LitGPT):
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            raise UserError(
-                "model.head classification trains on one device or with DDP, not FSDP"
-            )
+            raise UserError("model.head classification trains on one device or with DDP, not FSDP")
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         vocab = getattr(datamodule, "vocab_size", None)
         if vocab is not None and vocab > self.gpt.vocab_size:
