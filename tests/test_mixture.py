@@ -171,10 +171,7 @@ def test_windows_come_from_their_sources_by_weight_and_each_source_cycles_its_ep
     assert epochs[0] != epochs[1]  # a new permutation each epoch
 
 
-
-def test_document_start_windows_in_a_mixture_begin_at_each_source_documents(
-    code, prose, tmp_path
-):
+def test_document_start_windows_in_a_mixture_begin_at_each_source_documents(code, prose, tmp_path):
     dm = ready(mixture(code, prose), tmp_path / "data", windows="document_start")
     eot = dm.meta["eot_id"]
     streams = {name: read_split(tmp_path / "data" / name, "train") for name in ("code", "prose")}
@@ -186,8 +183,12 @@ def test_document_start_windows_in_a_mixture_begin_at_each_source_documents(
             name = dm.streams.names[source]
             assert row == streams[name][start : start + BLOCK + 1].tolist()
             # a long document also gives windows every BLOCK tokens after its start
-            assert any(0 <= start - s < len(streams[name]) and (start - s) % BLOCK == 0
-                       and not any(s < e <= start for e in starts[name]) for s in starts[name])
+            assert any(
+                0 <= start - s < len(streams[name])
+                and (start - s) % BLOCK == 0
+                and not any(s < e <= start for e in starts[name])
+                for s in starts[name]
+            )
             counts[name] += 1
     assert counts["code"] == 120 and counts["prose"] == 40  # 3:1 of 160 windows
     state = dm.state_dict()
@@ -196,6 +197,7 @@ def test_document_start_windows_in_a_mixture_begin_at_each_source_documents(
     random.load_state_dict(state)
     with pytest.raises(UserError, match=r"data.windows"):
         random.train_dataloader()
+
 
 def test_ranks_split_each_batch_as_one_process_draws_it(code, prose, tmp_path):
     from test_datamodule import fake_trainer

@@ -106,7 +106,6 @@ def test_a_resume_at_or_past_max_steps_does_nothing_and_says_so(tmp_path, cli, r
     assert after == before  # no new run folder, no file changed
 
 
-
 def test_changed_accumulation_precision_and_clipping_are_named_on_resume(cli, run):
     """They change what a step is (the data continues exactly: its position counts batches),
     so they are applied; before, nothing said so."""
@@ -127,6 +126,7 @@ def test_changed_accumulation_precision_and_clipping_are_named_on_resume(cli, ru
     assert ckpt["trainer_recipe"] == {
         "accumulate_grad_batches": 2, "precision": "32-true", "gradient_clip_val": 0.5
     }  # fmt: skip
+
 
 def test_another_tokenizer_is_refused_naming_both(tmp_path, cli, run):
     """Before: KeyError 'Invalid token for decoding' from the first text sample."""

@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 
 import yaml
-
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary

@@ -77,7 +77,9 @@ def mixture_sampler(
     allow = {"allow_approximate_resume": allow_approximate_resume}
     names = streams.names
     each = [  # batch size 1: the mixture's schedule makes the batches
-        train_sampler(windows, Path(data_dir) / n, m, size, window, 1, source_seed(seed, n), **allow)
+        train_sampler(
+            windows, Path(data_dir) / n, m, size, window, 1, source_seed(seed, n), **allow
+        )
         for n, m, size in zip(names, streams.metas, streams.sizes, strict=True)
     ]
     return MixtureSampler(
