@@ -243,3 +243,58 @@ def test_save_full_keeps_every_weight_with_the_base_bitwise_as_it_was(runs, tmp_
     assert "lora_adapters_only" not in torch.load(tmp_path / RUN / "last.ckpt", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in base.items())
     assert Path(tmp_path / RUN / "last.ckpt").stat().st_size < base_ckpt.stat().st_size
+
+
+# --- several processes (gloo on CPU) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gloo_base(tmp_path_factory):
+    """A 4-step base run (gloo_runs' settings) and a copy of its last checkpoint."""
+    from gloo_runs import fit as gloo_fit
+
+    root = tmp_path_factory.mktemp("lora-gloo")
+    gloo_fit(root / "base", root / "data")
+    shutil.copy(root / "base" / RUN / "last.ckpt", root / "base.ckpt")
+    return root
+
+
+def lora_fit(root: Path, name: str, **options):
+    from gloo_runs import fit as gloo_fit
+
+    lora = [f"--{k}={v}" for k, v in LORA.items()]
+    return gloo_fit(root / name, root / "data", *lora, f"--ckpt_path={root / 'base.ckpt'}",
+                    **options)  # fmt: skip
+
+
+def adapters(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / RUN / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_lora_trains_under_ddp_as_on_one_process(gloo_base):
+    """No unused-parameter error with the base frozen, and the same adapters as one process
+    with the same global batch."""
+    from gloo_runs import TOLERANCE
+
+    lora_fit(gloo_base, "single")
+    lora_fit(gloo_base, "ddp", devices=2, batch=4)
+    want, got = adapters(gloo_base / "single"), adapters(gloo_base / "ddp")
+    assert got.keys() == want.keys()
+    for name, tensor in got.items():
+        torch.testing.assert_close(tensor, want[name], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.slow
+def test_lora_trains_under_fsdp_with_the_base_frozen_in_the_shards(gloo_base):
+    from gloo_runs import FSDP
+
+    from lit_gpt_scratch.train.checkpoint_files import load_sharded_gpt
+
+    lora_fit(gloo_base, "fsdp", devices=2, batch=4, strategy=FSDP)
+    merged = load_sharded_gpt(gloo_base / "fsdp" / RUN / "last.ckpt").gpt.state_dict()
+    base = load_gpt(gloo_base / "base.ckpt").gpt.state_dict()
+    assert torch.equal(merged["wte.weight"], base["wte.weight"])  # frozen, fp32 master weights
+    assert torch.equal(merged["blocks.0.ln_1.weight"], base["blocks.0.ln_1.weight"])
+    adapted = "blocks.0.attn.c_attn.weight"
+    assert not torch.equal(merged[adapted], base[adapted])  # the adapters merged in

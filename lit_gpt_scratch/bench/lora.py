@@ -92,7 +92,7 @@ def training_bytes(run: Path) -> tuple[int, int]:
 def row(name: str, run: Path, rss: float) -> str:
     val = scalars(run, "val/loss")
     times = [e.wall_time for e in scalars(run, "train/loss")]
-    gaps = [b - a for a, b in zip(times[1:], times[2:])]  # the first steps warm up
+    gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]  # the first steps warm up
     step_ms = f"{statistics.median(gaps) * 1e3:,.0f}" if gaps else "n/a"
     trainable, state = training_bytes(run)
     size = (run / LAST).stat().st_size
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
     parser.add_argument("--lora_config", default=str(OVERLAY))
     parser.add_argument("--finetune_config", nargs="*", default=[])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="fit options for every run, e.g. trainer.precision=32-true")  # fmt: skip
+    every_run = "fit options for every run, e.g. trainer.precision=32-true"
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=every_run)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lit-gpt-bench-lora"))
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     args = parser.parse_args(argv)

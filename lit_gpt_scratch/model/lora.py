@@ -69,9 +69,9 @@ class LoRALinear(nn.Linear):
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
         super().__init__(base.in_features, base.out_features, bias=False, device="meta")
         self.weight, self.bias = base.weight, base.bias  # shared, not copied
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=w.device, dtype=w.dtype))
+        like = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init
         self.scale = alpha / r
         self.dropout = nn.Dropout(dropout)

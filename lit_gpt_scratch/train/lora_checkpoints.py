@@ -65,9 +65,7 @@ def keep_adapters_only(checkpoint: dict) -> None:
     """Drop the frozen GPT weights from a checkpoint about to be saved, in place."""
     state = checkpoint["state_dict"]
     checkpoint["state_dict"] = {
-        key: value
-        for key, value in state.items()
-        if not key.startswith(PREFIX) or is_adapter(key)
+        key: value for key, value in state.items() if not key.startswith(PREFIX) or is_adapter(key)
     }
     checkpoint[ADAPTERS_ONLY_KEY] = True
 
