@@ -40,8 +40,11 @@ from lit_gpt_scratch.train.callbacks import TextSamples, TokenThroughput
 from lit_gpt_scratch.train.checkpoint_files import (
     check_weights_finite,
     check_weights_fit,
+    expected_weights,
+    gpt_weights,
     is_sharded,
     is_weights_only,
+    load_lora_base,
     load_weights,
     read_checkpoint,
 )
@@ -51,6 +54,14 @@ from lit_gpt_scratch.train.classifier import LitClassifier
 from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.train.downstream import DownstreamEval
 from lit_gpt_scratch.train.host_memory import keep_freed_memory
+from lit_gpt_scratch.train.lora_checkpoints import (
+    BASE_KEY,
+    base_record,
+    is_adapters_only,
+    lora_settings,
+    saved_lora,
+    settings_difference,
+)
 from lit_gpt_scratch.train.module import LitGPT
 from lit_gpt_scratch.train.preemption import StopOnSignal, handlers_kept_until_done
 from lit_gpt_scratch.train.run_folders import (
@@ -160,6 +171,7 @@ class LitGPTCLI(LightningCLI):
         self.resume_step: int | None = None
         self.purge_step: int | None = None  # TensorBoard drops the run folder's events from it
         self._nothing_to_resume = False
+        self._lora_base_of_resume: dict | None = None  # a LoRA checkpoint's base record
         if not self.config.get("subcommand"):
             return
         config = self.config[self.config.subcommand]
@@ -194,8 +206,14 @@ class LitGPTCLI(LightningCLI):
                 )
             return None  # its weights start the fine-tune (before_fit)
         difference = first_difference(ckpt["hyper_parameters"]["gpt"], config.model.gpt.as_dict())
+        configured_lora = config.model.get("lora")
+        configured_lora = None if configured_lora is None else lora_settings(configured_lora)
+        if not difference and configured_lora is not None and saved_lora(ckpt) is None:
+            return None  # a base model's checkpoint: a LoRA fine-tune starts from its weights
+        difference = difference or settings_difference(saved_lora(ckpt), configured_lora)
         if difference:
             raise UserError(f"checkpoint {path} holds another model than the config: {difference}")
+        self._lora_base_of_resume = ckpt.get(BASE_KEY)
         if self.config.subcommand == "fit":  # Lightning will resume its training state
             check = check_classifier_resume if config.model.get("head") else check_resume
             check(ckpt, path, config, sharded=is_sharded(path))
@@ -321,12 +339,23 @@ class LitGPTCLI(LightningCLI):
             logger._kwargs["purge_step"] = self.purge_step
         ckpt = self._checkpoint_that_fits()
         starts = ckpt is not None and another_head(ckpt, self.config[self.subcommand])
-        if ckpt is not None and (is_weights_only(ckpt) or starts):
+        lora = getattr(self.model, "lora", None)
+        base_start = ckpt is not None and lora is not None and saved_lora(ckpt) is None
+        if ckpt is not None and (is_weights_only(ckpt) or starts or base_start):
             config = self.config_init[self.subcommand]
             path = config["ckpt_path"]
-            load_weights(self.model.gpt, ckpt, path)
+            load_weights(self.model.gpt, ckpt, path)  # with LoRA: into the frozen base weights
+            if lora is not None:
+                self.model.lora_base = base_record(path, gpt_weights(ckpt))
             config["ckpt_path"] = None
             rank_zero_info(f"starting from the weights in {path} (fresh optimizer and step count)")
+        if lora is not None and self.model.lora_base is None:
+            self.model.lora_base = self._lora_base_of_resume
+        if lora is not None and self.model.lora_base is None:
+            raise UserError(
+                "model.lora fine-tunes a base model: give its checkpoint with --ckpt_path "
+                "(a fit checkpoint, or one import_hf or consolidate wrote)"
+            )
 
     def _accumulate_for_global_batch(self) -> None:
         config = self.config[self.subcommand]
@@ -382,6 +411,12 @@ class LitGPTCLI(LightningCLI):
         ckpt = read_checkpoint(path)
         check_weights_fit(self.model.gpt, ckpt, path)  # names the first mismatching parameter
         check_weights_finite(ckpt, path)  # a resume or a fine-tune from NaN weights: refused
+        if is_adapters_only(ckpt):  # a LoRA run's: the base weights come from its base file
+            load_lora_base(self.model.gpt, ckpt, path)
+        if len(expected_weights(self.model.gpt, ckpt)) < len(self.model.gpt.state_dict()):
+            # Lightning loads the part the checkpoint holds (its keys are checked above): the
+            # adapters over the base just loaded, or a base model's weights under new adapters
+            self.model.strict_loading = False
         return ckpt
 
     # evaluating a fine-tune's starting point (import_hf) checks the tensors too

@@ -8,7 +8,10 @@ A checkpoint is a Lightning checkpoint: a dict with
 - ``datamodule_hyper_parameters["tokenizer"]`` (optional): the tokenizer spec it was trained with.
 
 ``fit`` writes these, and so does ``import_hf``; ``generate`` and ``export`` read both through
-``load_gpt``. Keys of a ``torch.compile``d model (``_orig_mod.``) load too.
+``load_gpt``. Keys of a ``torch.compile``d model (``_orig_mod.``) load too. A LoRA run's
+checkpoint (``hyper_parameters["lora"]``) loads with its adapters merged into the weights; one
+that holds the adapters alone reads its base weights from the base checkpoint it records
+(``train/lora_checkpoints.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import torch
 from lit_gpt_scratch.errors import UserError, one_line
 from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.gpt import GPT
+from lit_gpt_scratch.model.lora import LoRA, add_adapters, has_adapters, is_adapter, merge_adapters
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
+from lit_gpt_scratch.train.lora_checkpoints import (
+    BASE_KEY,
+    fingerprint,
+    is_adapters_only,
+    saved_lora,
+)
 
 PREFIX = "gpt."
 SHARDED_META = "meta.pt"  # Lightning's FSDPStrategy writes the non-tensor state here
@@ -124,9 +134,23 @@ def first_mismatch(model: dict[str, torch.Tensor], saved: dict[str, torch.Tensor
     return f"the checkpoint's {extra} is not in the model" if extra else None
 
 
+def expected_weights(gpt: GPT, ckpt: dict) -> dict[str, torch.Tensor]:
+    """The part of ``gpt``'s state dict that ``ckpt`` must hold: all of it, except for a model
+    with adapters: a base model's checkpoint holds its weights without the adapters, and a
+    LoRA run's adapters-only checkpoint the adapters alone."""
+    state = gpt.state_dict()
+    if not has_adapters(gpt):
+        return state
+    if saved_lora(ckpt) is None:
+        return {k: v for k, v in state.items() if not is_adapter(k)}
+    if is_adapters_only(ckpt):
+        return {k: v for k, v in state.items() if is_adapter(k)}
+    return state
+
+
 def check_weights_fit(gpt: GPT, ckpt: dict, path: str | Path) -> None:
     """UserError naming the first mismatching parameter when the checkpoint is another model."""
-    mismatch = first_mismatch(gpt.state_dict(), gpt_weights(ckpt))
+    mismatch = first_mismatch(expected_weights(gpt, ckpt), gpt_weights(ckpt))
     if mismatch:
         raise UserError(f"checkpoint {path} holds another architecture: {mismatch}")
 
@@ -153,8 +177,38 @@ def check_weights_finite(ckpt: dict, path: str | Path) -> None:
 
 def load_weights(gpt: GPT, ckpt: dict, path: str | Path) -> None:
     """Copy a checkpoint's GPT weights into ``gpt``; UserError naming the file if they differ."""
-    check_weights_fit(gpt, ckpt, path)
-    gpt.load_state_dict(gpt_weights(ckpt))
+    check_weights_fit(gpt, ckpt, path)  # it holds exactly the keys expected_weights names
+    partial = len(expected_weights(gpt, ckpt)) < len(gpt.state_dict())  # base or adapters
+    gpt.load_state_dict(gpt_weights(ckpt), strict=not partial)
+
+
+def read_lora_base(ckpt: dict, path: str | Path) -> dict:
+    """The base checkpoint an adapters-only checkpoint (at ``path``) records, read and checked:
+    UserError if it is gone or its weights are no longer the ones the adapters were trained on."""
+    record = ckpt.get(BASE_KEY) or {}
+    base_path = record.get("path")
+    if not base_path:
+        raise UserError(f"checkpoint {path} holds LoRA adapters but records no base checkpoint")
+    if not Path(base_path).exists():
+        raise UserError(
+            f"checkpoint {path} holds LoRA adapters of the base checkpoint {base_path}, which "
+            "no longer exists: put it back there (the adapters alone are not a model)"
+        )
+    base = read_checkpoint(base_path)
+    if fingerprint(gpt_weights(base)) != record.get("fingerprint"):
+        raise UserError(
+            f"checkpoint {path} holds LoRA adapters of {base_path}, whose weights have changed "
+            "since (another fingerprint): the adapters fit only the weights they were trained on"
+        )
+    return base
+
+
+def load_lora_base(gpt: GPT, ckpt: dict, path: str | Path) -> None:
+    """Load the base weights an adapters-only checkpoint records into ``gpt`` (with adapters)."""
+    base_path = ckpt[BASE_KEY]["path"]
+    base = read_lora_base(ckpt, path)
+    check_weights_finite(base, base_path)
+    load_weights(gpt, base, base_path)
 
 
 def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
@@ -170,7 +224,14 @@ def _build_and_load(ckpt: dict, path: str | Path, device: str | torch.device = "
         reason = one_line(e, limit=200)
         raise UserError(f"checkpoint {path}: its model spec does not build ({reason})") from None
     check_weights_finite(ckpt, path)
+    lora = saved_lora(ckpt)
+    if lora is not None:
+        add_adapters(gpt, LoRA(**lora))
+        if is_adapters_only(ckpt):
+            load_lora_base(gpt, ckpt, path)
     load_weights(gpt, ckpt, path)
+    if lora is not None:
+        merge_adapters(gpt)  # a plain model from here on: sampling and export see no adapters
     data = ckpt.get("datamodule_hyper_parameters") or {}
     tokenizer = data.get("tokenizer") or DEFAULT_TOKENIZER
     stored = [t.dtype for t in gpt_weights(ckpt).values() if t.is_floating_point()]

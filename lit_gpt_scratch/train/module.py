@@ -19,8 +19,10 @@ from torchmetrics import MeanMetric, SumMetric
 
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.gpt import GPT
+from lit_gpt_scratch.model.lora import LoRA, add_adapters, is_adapter
 from lit_gpt_scratch.train.distributed import all_reduce, unwrapped_name, world_size
 from lit_gpt_scratch.train.divergence import DivergenceGuard
+from lit_gpt_scratch.train.lora_checkpoints import BASE_KEY, keep_adapters_only, lora_settings
 from lit_gpt_scratch.train.optimizers import AdamW, skips_on_device
 from lit_gpt_scratch.train.rng import all_ranks_rng_states, restore_rank_rng_states
 from lit_gpt_scratch.train.schedules import WarmupCosineLR, apply_configured, configured_settings
@@ -73,6 +75,7 @@ class LitGPT(L.LightningModule):
         optimizer: Called with three param groups (``param_groups``): the blocks' matrices and
             the embeddings and head, decayed with the optimizer's ``weight_decay``, and the
             vectors (biases, norm gains: ``weight_decay`` 0). Each carries a ``role`` key.
+            With ``lora``, one group: the adapters.
         lr_scheduler: Called with the optimizer; stepped after every optimizer step. A
             scheduler with ``set_total_steps`` gets the run's total optimizer steps.
         compile: ``torch.compile`` the GPT in place (state-dict keys unchanged). None: on CUDA.
@@ -95,6 +98,9 @@ class LitGPT(L.LightningModule):
             many steps later; other optimizers read the flag every step (a host sync).
         max_consecutive_skips: Stop, as ``stop`` would, after this many non-finite steps in a
             row: the run has diverged, not hit one bad batch.
+        lora: Low-rank adapters on the blocks' linear layers (``model/lora.py``): every GPT
+            weight is frozen and the optimizer gets one group, the adapters (``role``
+            ``adapter``: AdamW steps under Muon too). None: every weight trains.
     """
 
     def __init__(
@@ -109,12 +115,19 @@ class LitGPT(L.LightningModule):
         compile_backend: str = "inductor",
         nonfinite: Literal["skip", "stop"] = "skip",
         max_consecutive_skips: int = 20,
+        lora: LoRA | None = None,
     ):
         super().__init__()
         # Plain save_hyperparameters(): under LightningCLI it records the YAML specs, so
         # load_from_checkpoint rebuilds the injected GPT (ignoring "gpt" would break that).
         self.save_hyperparameters()
         self.gpt = gpt
+        self.lora = lora
+        if lora is not None:
+            add_adapters(gpt, lora)  # before the roles: the adapters are parameters too
+        # Where the frozen base weights come from ({path, fingerprint}); set by the CLI when a
+        # LoRA fine-tune starts or resumes, recorded in every checkpoint (train/lora_checkpoints.py)
+        self.lora_base: dict | None = None
         # Recorded now, on the whole model: FSDP builds the optimizer after it has flattened
         # every parameter into 1-D shards, when shapes no longer tell a matrix from a bias.
         self.param_roles = parameter_roles(gpt)
@@ -283,6 +296,18 @@ class LitGPT(L.LightningModule):
         checkpoint["rng_states"] = all_ranks_rng_states()  # every rank calls this hook
         checkpoint["skipped_steps"] = self.divergence.state_dict()
         checkpoint["trainer_recipe"] = trainer_recipe(self.trainer)
+        if self.lora is not None:
+            self._save_lora(checkpoint)
+
+    def _save_lora(self, checkpoint: dict) -> None:
+        """The LoRA settings as plain data, the base checkpoint's record, and with ``save:
+        adapters`` the adapters alone (train/lora_checkpoints.py)."""
+        checkpoint.setdefault("hyper_parameters", {})["lora"] = lora_settings(self.lora)
+        checkpoint[BASE_KEY] = self.lora_base
+        strategy = self.trainer.strategy
+        sharded = isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
+        if self.lora.save == "adapters" and self.lora_base is not None and not sharded:
+            keep_adapters_only(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.divergence.load_state_dict(checkpoint.get("skipped_steps", [0, 0]))
@@ -291,6 +316,7 @@ class LitGPT(L.LightningModule):
         self._rng_states_to_restore = checkpoint.get("rng_states")
         self._saved_recipe = checkpoint.get("trainer_recipe", {})
         self._resumed = True
+        self.lora_base = checkpoint.get(BASE_KEY, self.lora_base)
 
     def on_train_start(self) -> None:
         # Lightning has loaded the checkpoint's optimizer and scheduler state over the ones
@@ -457,10 +483,15 @@ def recipe_changes(saved: dict, now: dict) -> list[str]:
 def parameter_roles(gpt: torch.nn.Module) -> dict[str, str]:
     """Each parameter's role, by name: ``matrix`` (the blocks' weight matrices), ``embedding``
     (2-D outside the blocks: a lookup table or the output layer) or ``vector`` (biases, norm
-    gains). Read off the unwrapped model: under FSDP every parameter is a 1-D shard."""
+    gains); with LoRA, ``adapter`` (``lora_A``, ``lora_B``) and ``frozen`` (every other one).
+    Read off the unwrapped model: under FSDP every parameter is a 1-D shard."""
     roles = {}
     for name, p in gpt.named_parameters():  # each parameter once: a tied head is wte
-        if p.dim() < 2:
+        if is_adapter(name):
+            roles[name] = "adapter"
+        elif not p.requires_grad:
+            roles[name] = "frozen"
+        elif p.dim() < 2:
             roles[name] = "vector"
         else:
             roles[name] = "matrix" if name.startswith("blocks.") else "embedding"
@@ -471,9 +502,11 @@ def param_groups(gpt: torch.nn.Module, roles: dict[str, str] | None = None) -> l
     """Three groups, each tagged with its ``role`` for optimizers that treat them apart
     (``optimizers.Muon``): the blocks' weight matrices, the embeddings and the head, both
     decayed, and the vectors (no decay). ``roles``: ``parameter_roles`` of the model before it was
-    wrapped (FSDP); by default, of ``gpt`` as it is."""
+    wrapped (FSDP); by default, of ``gpt`` as it is. A model with LoRA adapters gets one group
+    instead, the adapters (decayed: decay pulls ``B @ A`` towards the base model), and its
+    frozen parameters none."""
     roles = parameter_roles(gpt) if roles is None else roles
-    groups: dict[str, list] = {"matrix": [], "embedding": [], "vector": []}
+    groups: dict[str, list] = {"matrix": [], "embedding": [], "vector": [], "adapter": []}
     for name, p in gpt.named_parameters():
         role = roles.get(unwrapped_name(name))
         if role is None:
@@ -481,7 +514,10 @@ def param_groups(gpt: torch.nn.Module, roles: dict[str, str] | None = None) -> l
                 f"parameter {name} is not one of the model's own: with FSDP, keep "
                 "use_orig_params true (Lightning's default) so each parameter keeps its name"
             )
-        groups[role].append(p)
+        if role != "frozen":
+            groups[role].append(p)
+    if groups["adapter"]:
+        return [{"params": groups["adapter"], "role": "adapter"}]
     return [
         {"params": groups["matrix"], "role": "matrix"},
         {"params": groups["embedding"], "role": "embedding"},
