@@ -84,7 +84,8 @@ class TokenThroughput(L.Callback):
             self._window_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step_tokens = (batch.size(1) - 1) * batch.size(0) * trainer.world_size
+        # (B, T + 1) windows, or chat's (B, 2, T + 1): ids and mask
+        step_tokens = (batch.size(-1) - 1) * batch.size(0) * trainer.world_size
         self.tokens += step_tokens
         self._window_tokens += step_tokens
         step = trainer.global_step  # optimizer steps: with accumulation, batches share one

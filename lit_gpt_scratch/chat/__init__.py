@@ -1,0 +1,1 @@
+"""Conversations: the chat template, the sources of conversations, the offline stdlib set."""
