@@ -29,6 +29,7 @@ EXPECTED_PARAMS = {  # GPT-2's published sizes; tiny and llama are ours
     # 12 x (768 x 2304 + 768 x 768 + 2 x 768 x 3072 + 2 x 768 + 2 x 64) + 2 x 50257 x 768 + 768
     "124m-modern": 162_150_144,
     "tiny": 1_350_400,
+    "sft-tiny": 1_350_912,  # tiny and the four chat tokens' rows: 4 x 128
     # 4 x (128 x 384 + 128 x 128 + 2 x 128 x 512 + 2 x 128 + 2 x 32) + 2 x 4096 x 128 + 128
     "tiny-modern": 1_836_416,
     # 4 x (128 x 384 + 128 x 128 + 2 x 128 x 512 + 2 x 128) + 257 x 128 + 64 x 128 + 128: no
