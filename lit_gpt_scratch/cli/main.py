@@ -152,6 +152,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         function_command("train_tokenizer", "lit_gpt_scratch.tokenizer.training"),
     ),
     "generate": ("sample text from a checkpoint", function_command("generate")),
+    "chat": (
+        "talk with a chat fine-tuned checkpoint (/reset, /quit; reads a pipe too)",
+        function_command("chat", "lit_gpt_scratch.cli.chat"),
+    ),
     "evaluate": (
         "score a checkpoint on downstream tasks (acc, acc_norm) and text (bpb)",
         function_command("evaluate", "lit_gpt_scratch.cli.evaluate"),
