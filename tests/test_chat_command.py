@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt_scratch.chat.session import ChatSession
+from lit_gpt_scratch.cli.chat_session import ChatSession
 from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.generate import stream
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer

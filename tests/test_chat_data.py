@@ -13,12 +13,12 @@ import pytest
 import torch
 from test_model import small
 
-from lit_gpt_scratch.chat.stdlib_set import stdlib_conversations
-from lit_gpt_scratch.chat.template import ChatTemplate
 from lit_gpt_scratch.data.chat_prepare import prepare_chat
+from lit_gpt_scratch.data.chat_template import ChatTemplate
 from lit_gpt_scratch.data.datamodule import TokenDataModule
 from lit_gpt_scratch.data.packing import best_fit
 from lit_gpt_scratch.data.prepare import prepare_from_config
+from lit_gpt_scratch.data.stdlib_chat import stdlib_conversations
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 from lit_gpt_scratch.train.module import inputs_and_targets
@@ -76,7 +76,7 @@ def test_prepare_packs_whole_conversations_and_their_masks(chats, tmp_path):
     assert meta["conversations"]["val_conversations"] == 10  # every 4th
     template = ChatTemplate(load_tokenizer(TOKENIZER))
     lines = [json.loads(line) for line in chats.read_text().splitlines()]
-    from lit_gpt_scratch.chat.conversations import to_messages
+    from lit_gpt_scratch.data.chat_sources import to_messages
 
     rendered = [template.render(to_messages(r, "x")) for r in lines]
     train = [rendered[i] for i in range(40) if i % 4 != 3]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_model import small
 
-from lit_gpt_scratch.chat.template import ChatTemplate, targets_of
+from lit_gpt_scratch.data.chat_template import ChatTemplate, targets_of
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 from lit_gpt_scratch.train.module import inputs_and_targets

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from lit_gpt_scratch.chat.session import ChatSession, MessageTooLong
-from lit_gpt_scratch.chat.template import ChatTemplate
+from lit_gpt_scratch.cli.chat_session import ChatSession, MessageTooLong
 from lit_gpt_scratch.cli.commands import check_sampling
+from lit_gpt_scratch.data.chat_template import ChatTemplate
 from lit_gpt_scratch.devices import usable_device
 from lit_gpt_scratch.train.checkpoint_files import checkpoint_tokenizer, load_gpt
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_gpt_scratch.chat.conversations import conversations, manifest
-from lit_gpt_scratch.chat.template import ChatTemplate
+from lit_gpt_scratch.data.chat_sources import conversations, manifest
+from lit_gpt_scratch.data.chat_template import ChatTemplate
 from lit_gpt_scratch.data.data_dir import read_json, refuse_if_changed, write_json
 from lit_gpt_scratch.data.packing import best_fit
 from lit_gpt_scratch.data.shards import META, ShardWriter, refuse_file_as_data_dir

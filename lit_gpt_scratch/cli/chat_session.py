@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from lit_gpt_scratch.chat.template import ChatTemplate
+from lit_gpt_scratch.data.chat_template import ChatTemplate
 from lit_gpt_scratch.model.generate import stream
 
 

@@ -1,6 +1,6 @@
 """Sources of conversations for ``data.format: chat``, each record checked and made messages.
 
-- ``stdlib-chat``: the offline set generated from the standard library (``stdlib_set.py``);
+- ``stdlib-chat``: the offline set generated from the standard library (``stdlib_chat.py``);
 - a ``.jsonl`` file (or a glob of them), one record a line;
 - ``hf:<dataset>[?name=..&split=..&data_files=..]`` with the ``hf`` extra, streamed.
 
@@ -20,9 +20,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from lit_gpt_scratch.chat.stdlib_set import STDLIB_CHAT, stdlib_chat_version, stdlib_conversations
-from lit_gpt_scratch.chat.template import ROLES
+from lit_gpt_scratch.data.chat_template import ROLES
 from lit_gpt_scratch.data.sources import HF_PREFIX, open_hf_stream
+from lit_gpt_scratch.data.stdlib_chat import STDLIB_CHAT, stdlib_chat_version, stdlib_conversations
 from lit_gpt_scratch.errors import UserError
 
 Conversation = tuple[str, list[dict]]  # (where it came from, for messages; its messages)

@@ -1,1 +1,0 @@
-"""Conversations: the chat template, the sources of conversations, the offline stdlib set."""
