@@ -30,7 +30,7 @@ def chat(
     <|end|>. /reset forgets the conversation, /quit (or end of input) leaves. When a turn would
     not fit in the model's block_size, the oldest turns are dropped, and a line on stderr says
     so. With stdin not a terminal (a pipe, a file), each line is a message and each reply is
-    printed on a line of its own, without prompts: scripts and tests can drive it.
+    printed followed by a newline, without prompts: scripts and tests can drive it.
 
     Args:
         ckpt_path: A checkpoint written by fit (a chat fine-tune: its tokenizer has the chat

@@ -108,7 +108,6 @@ def prepare_chat(
 
 def _write(out: Path, tok, template: ChatTemplate, settings: dict) -> dict:
     window = settings["block_size"] + 1
-    every = max(1, round(1 / settings["val_fraction"]))
     rendered: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "val": []}
     counts = {"conversations": 0, "truncated": 0, "skipped": 0}
     for i, (_, messages) in enumerate(conversations(settings["sources"])):
@@ -120,7 +119,7 @@ def _write(out: Path, tok, template: ChatTemplate, settings: dict) -> dict:
                 continue
             ids, mask = ids[:window], mask[:window]
             counts["truncated"] += 1
-        rendered["val" if i % every == every - 1 else "train"].append((ids, mask))
+        rendered["val" if is_held_out(i, settings["val_fraction"]) else "train"].append((ids, mask))
     if counts["conversations"] == 0:
         raise UserError(f"the sources {settings['sources']} hold no conversation")
     splits, masks, tokens, windows, targets = {}, {}, {}, {}, {}
@@ -172,6 +171,12 @@ def _write(out: Path, tok, template: ChatTemplate, settings: dict) -> dict:
     }
     write_json(out / META, meta)  # last: the directory is complete
     return meta
+
+
+def is_held_out(i: int, val_fraction: float) -> bool:
+    """Whether conversation ``i`` (counted from 0 over all sources) is in the val split."""
+    every = max(1, round(1 / val_fraction))
+    return i % every == every - 1
 
 
 def _report(out: Path, meta: dict) -> None:
