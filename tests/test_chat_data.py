@@ -274,3 +274,19 @@ def test_text_options_are_refused_with_chat(chats):
         TokenDataModule([str(chats)], format="chat", windows="document_start")
     with pytest.raises(UserError, match=r"a mixture is text's only"):
         TokenDataModule([{"path": str(chats), "weight": 1.0, "name": "a"}], format="chat")
+
+
+def test_show_batch_prints_the_packed_windows_training_draws(chats, tmp_path, cli):
+    dm = make(chats, tmp_path / "d")
+    dm.prepare_data()
+    dm.setup("fit")
+    config = Path(__file__).resolve().parents[1] / "configs/sft-tiny.yaml"
+    o = options(chats, tmp_path / "d")
+    overrides = [f"--data.{k}={v}" for k, v in o.items() if k != "sources"]
+    result = cli("show_batch", f"--config={config}", f"--data.sources=[{chats}]", *overrides,
+                 "--data.batch_size=2", "--step=1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    starts = [int(line.split("train tokens ")[1].split("..")[0].replace(",", ""))
+              for line in result.stdout.splitlines() if line.startswith("===")]  # fmt: skip
+    assert starts == dm._new_sampler(0, 1).batch_at(1).tolist()
+    assert all(s % (BLOCK + 1) == 0 for s in starts)
