@@ -167,6 +167,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         "talk with a chat fine-tuned checkpoint (/reset, /quit; reads a pipe too)",
         function_command("chat", "lit_gpt_scratch.cli.chat"),
     ),
+    "serve": (
+        "serve a checkpoint over HTTP: OpenAI-compatible API and a chat page (serve extra)",
+        function_command("serve", "lit_gpt_scratch.cli.serve"),
+    ),
     "evaluate": (
         "score a checkpoint on downstream tasks (acc, acc_norm) and text (bpb)",
         function_command("evaluate", "lit_gpt_scratch.cli.evaluate"),

@@ -4,13 +4,14 @@ Prompts are left-padded to a common length; ``pad_mask`` keeps every real token 
 to padding, and position ids count from each prompt's first real token, so a prompt decodes
 the same alone or in a batch. With ``use_cache`` each step feeds only the newest token and
 reuses the keys and values of earlier ones; without it every step reruns the whole sequence.
-Both give the same tokens. ``stream`` is the one-sequence form that ``chat`` uses: it yields
-each id as it is drawn and keeps the caches for the next turn.
+Both give the same tokens. ``decode_steps`` is that loop, one step at a time, for callers that
+sample each row their own way (the server's batches). ``stream`` is the one-sequence form that
+``chat`` uses: it yields each id as it is drawn and keeps the caches for the next turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -47,6 +48,62 @@ def sample_next(
 
 
 @torch.no_grad()
+def decode_steps(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    use_cache: bool = True,
+    forward=None,
+) -> Iterator[torch.Tensor]:
+    """The batched decoding loop: left-pad ``prompts``, then each step hand the last
+    position's logits (B, V) to ``pick``, yield the ids (B,) it returns and feed them back.
+    At most ``max_new_tokens`` steps; the caller stops sooner by leaving the loop (closing the
+    generator). ``generate`` and the server's batches both run on it."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    longest = max(map(len, prompts))
+    if longest + max_new_tokens > model.block_size:
+        raise ValueError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's block_size ({model.block_size})"
+        )
+    device = next(model.parameters()).device
+    forward = model if forward is None else forward
+    B = len(prompts)
+    idx = torch.zeros(B, longest, dtype=torch.long, device=device)  # left-padded prompts
+    pad_mask = torch.zeros(B, longest, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        idx[row, longest - len(prompt) :] = torch.tensor(prompt, device=device)
+        pad_mask[row, longest - len(prompt) :] = True
+
+    was_training = model.training
+    model.eval()
+    try:
+        caches = model.new_caches(B, longest + max_new_tokens) if use_cache else None
+        new_ids = torch.empty(B, 0, dtype=torch.long, device=device)
+        padded = not bool(pad_mask.all())  # without padding the plain causal kernels serve
+        step_input = idx
+        for _ in range(max_new_tokens):
+            positions = (pad_mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # 0 at the first real
+            keys_mask = pad_mask if padded else None
+            if use_cache:
+                step_pos = positions[:, -step_input.size(1) :]
+                logits, _ = forward(step_input, pos=step_pos, caches=caches, pad_mask=keys_mask)
+            else:
+                sequence = torch.cat([idx, new_ids], dim=1)
+                logits, _ = forward(sequence, pos=positions, pad_mask=keys_mask)
+            next_id = pick(logits[:, -1, :])  # (B,)
+            yield next_id
+            new_ids = torch.cat([new_ids, next_id[:, None]], dim=1)
+            step_input = next_id[:, None]
+            ones = torch.ones(B, 1, dtype=torch.bool, device=device)
+            pad_mask = torch.cat([pad_mask, ones], 1)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def generate(
     model: GPT,
     prompts: list[list[int]],
@@ -72,61 +129,36 @@ def generate(
     only ids below it (a tokenizer with fewer ids than the model can never get one it cannot
     decode).
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    longest = max(map(len, prompts))
-    if longest + max_new_tokens > model.block_size:
-        raise ValueError(
-            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-            f"model's block_size ({model.block_size})"
-        )
     device = next(model.parameters()).device
-    forward = model if forward is None else forward
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     B = len(prompts)
-    idx = torch.zeros(B, longest, dtype=torch.long, device=device)  # left-padded prompts
-    pad_mask = torch.zeros(B, longest, dtype=torch.bool, device=device)
-    for row, prompt in enumerate(prompts):
-        idx[row, longest - len(prompt) :] = torch.tensor(prompt, device=device)
-        pad_mask[row, longest - len(prompt) :] = True
-
-    was_training = model.training
-    model.eval()
-    caches = model.new_caches(B, longest + max_new_tokens) if use_cache else None
-    new_ids = torch.empty(B, 0, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     nonfinite = torch.zeros(B, dtype=torch.bool, device=device)  # read once, at the end
-    padded = not bool(pad_mask.all())  # without padding the plain causal kernels serve
-    step_input = idx
-    for _ in range(max_new_tokens):
-        positions = (pad_mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # 0 at the first real token
-        keys_mask = pad_mask if padded else None
-        if use_cache:
-            step_pos = positions[:, -step_input.size(1) :]
-            logits, _ = forward(step_input, pos=step_pos, caches=caches, pad_mask=keys_mask)
-        else:
-            sequence = torch.cat([idx, new_ids], dim=1)
-            logits, _ = forward(sequence, pos=positions, pad_mask=keys_mask)
-        last = logits[:, -1, :vocab_limit]  # (B, V): the ids the tokenizer has
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, :vocab_limit]  # (B, V): the ids the tokenizer has
         finite = torch.isfinite(last).all(dim=-1)  # (B,)
-        nonfinite |= ~finite
+        nonfinite.logical_or_(~finite)
         last = torch.where(finite[:, None], last, 0.0)  # sampling stays defined; raised below
-        next_id = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
-        new_ids = torch.cat([new_ids, next_id[:, None]], dim=1)
+        return sample_next(last, temperature, top_k, top_p, generator)
+
+    steps = []
+    for next_id in decode_steps(model, prompts, max_new_tokens, pick, use_cache, forward):
+        steps.append(next_id)
         if stop_id is not None and early_stop:
             done |= next_id == stop_id
             if done.all():
                 break
-        step_input = next_id[:, None]
-        pad_mask = torch.cat([pad_mask, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
-    model.train(was_training)
     if nonfinite.any():
         raise NonFiniteLogits(
             "the model's logits are not finite (NaN or inf): its weights are damaged, or "
             "training diverged"
         )
+    if not steps:  # max_new_tokens 0
+        return [[] for _ in prompts]
+    new_ids = torch.stack(steps, dim=1)  # (B, steps)
     return [_until(row.tolist(), stop_id) for row in new_ids]
 
 
