@@ -1,0 +1,76 @@
+"""A complete Hugging Face directory from a checkpoint: weights and ``config.json`` (with the
+tokenizer's own bos/eos/pad id), ``generation_config.json``, the tokenizer files and the model
+card, so that ``AutoTokenizer`` and ``AutoModelForCausalLM`` load it and generate as
+``generate`` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lit_gpt_scratch.interop.hf import hf_from_gpt, model_is_tied
+from lit_gpt_scratch.interop.hf_tokenizer import write_tokenizer_files
+from lit_gpt_scratch.interop.model_card import model_card, training_facts
+from lit_gpt_scratch.model.gpt import GPT
+from lit_gpt_scratch.train.checkpoint_files import read_checkpoint
+
+
+def converted(gpt: GPT, tok):
+    """The transformers model for ``gpt``, its token ids those of ``tok``, with the project's
+    ``generate`` defaults as its generation config (top-k 200, temperature 0.8, stop at EOT)."""
+    from transformers import GenerationConfig
+
+    hf = hf_from_gpt(gpt, eot_id=tok.eot_id)
+    hf.generation_config = GenerationConfig(
+        bos_token_id=tok.eot_id,
+        eos_token_id=tok.eot_id,
+        pad_token_id=tok.eot_id,
+        do_sample=True,
+        temperature=0.8,
+        top_k=200,
+        max_length=gpt.block_size,
+    )
+    return hf
+
+
+def write_export(
+    directory: Path, name: str, hf, gpt: GPT, tok, ckpt_path: str, command: str,
+    eval_results: dict | None = None,
+) -> None:  # fmt: skip
+    """Write ``hf`` (``converted(gpt, tok)``) and everything else into ``directory`` (an empty
+    staging folder) for the export ``name``, the card's title."""
+    hf.save_pretrained(directory)
+    write_tokenizer_files(tok, directory, model_max_length=gpt.block_size)
+    facts = training_facts(read_checkpoint(ckpt_path), ckpt_path)
+    card = model_card(
+        name,
+        architecture(gpt, type(hf).__name__),
+        {"spec": tok.spec, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id},
+        facts,
+        command,
+        eval_results,
+    )
+    (directory / "README.md").write_text(card, encoding="utf-8")
+
+
+def architecture(gpt: GPT, hf_class: str) -> dict:
+    """The facts of the card's architecture section."""
+    block = gpt.blocks[0]
+    attn = block.attn
+    notes = []
+    if attn.q_norm is not None:
+        notes.append("QK-norm: RMSNorm of each head's queries and keys before the rotation")
+    return {
+        "class": hf_class,
+        "parameters": gpt.num_params(),
+        "n_layer": gpt.n_layer,
+        "d_model": gpt.wte.embedding_dim,
+        "n_head": attn.n_head,
+        "n_kv_head": attn.n_kv_head,
+        "block_size": gpt.block_size,
+        "attention": type(attn).__name__,
+        "mlp": type(block.mlp).__name__,
+        "norm": type(block.ln_1).__name__,
+        "position": type(gpt.position).__name__,
+        "tied": model_is_tied(gpt),
+        "notes": notes,
+    }
