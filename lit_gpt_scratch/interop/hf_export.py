@@ -16,7 +16,8 @@ from lit_gpt_scratch.train.checkpoint_files import read_checkpoint
 
 def converted(gpt: GPT, tok):
     """The transformers model for ``gpt``, its token ids those of ``tok``, with the project's
-    ``generate`` defaults as its generation config (top-k 200, temperature 0.8, stop at EOT)."""
+    ``generate`` defaults as its generation config (top-k 200, temperature 0.8, 200 new
+    tokens, stop at EOT)."""
     from transformers import GenerationConfig
 
     hf = hf_from_gpt(gpt, eot_id=tok.eot_id)
@@ -27,7 +28,7 @@ def converted(gpt: GPT, tok):
         do_sample=True,
         temperature=0.8,
         top_k=200,
-        max_length=gpt.block_size,
+        max_new_tokens=200,
     )
     return hf
 
