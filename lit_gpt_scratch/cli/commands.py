@@ -121,7 +121,8 @@ def export(ckpt_path: str, out_dir: str, eval_results: str | None = None) -> Non
             model card.
     """
     from lit_gpt_scratch.interop.hf_export import converted, write_export
-    from lit_gpt_scratch.interop.model_card import read_eval_results
+    from lit_gpt_scratch.interop.model_card import read_eval_results, training_facts
+    from lit_gpt_scratch.train.checkpoint_files import read_checkpoint
 
     target = Path(out_dir)
     if target.exists() and not target.is_dir():
@@ -136,6 +137,7 @@ def export(ckpt_path: str, out_dir: str, eval_results: str | None = None) -> Non
     if eval_results is not None:
         command += f" --eval_results={shlex.quote(str(eval_results))}"
     hf = converted(loaded.gpt, tok)  # refuses what no layout expresses before any write
+    training = training_facts(read_checkpoint(ckpt_path), ckpt_path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -145,7 +147,7 @@ def export(ckpt_path: str, out_dir: str, eval_results: str | None = None) -> Non
         raise UserError(f"--out_dir {out_dir}: {e.strerror}") from None
     try:
         name = target.resolve().name
-        write_export(staging, name, hf, loaded.gpt, tok, ckpt_path, command, scores)
+        write_export(staging, name, hf, loaded.gpt, tok, training, command, scores)
         if target.exists():
             target.rmdir()
         os.replace(staging, target)  # the directory appears complete, or not at all

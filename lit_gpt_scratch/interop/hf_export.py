@@ -9,9 +9,8 @@ from pathlib import Path
 
 from lit_gpt_scratch.interop.hf import hf_from_gpt, model_is_tied
 from lit_gpt_scratch.interop.hf_tokenizer import write_tokenizer_files
-from lit_gpt_scratch.interop.model_card import model_card, training_facts
+from lit_gpt_scratch.interop.model_card import model_card
 from lit_gpt_scratch.model.gpt import GPT
-from lit_gpt_scratch.train.checkpoint_files import read_checkpoint
 
 
 def converted(gpt: GPT, tok):
@@ -34,19 +33,19 @@ def converted(gpt: GPT, tok):
 
 
 def write_export(
-    directory: Path, name: str, hf, gpt: GPT, tok, ckpt_path: str, command: str,
+    directory: Path, name: str, hf, gpt: GPT, tok, training: dict, command: str,
     eval_results: dict | None = None,
 ) -> None:  # fmt: skip
     """Write ``hf`` (``converted(gpt, tok)``) and everything else into ``directory`` (an empty
-    staging folder) for the export ``name``, the card's title."""
+    staging folder) for the export ``name``, the card's title; ``training``: the checkpoint's
+    ``model_card.training_facts``."""
     hf.save_pretrained(directory)
     write_tokenizer_files(tok, directory, model_max_length=gpt.block_size)
-    facts = training_facts(read_checkpoint(ckpt_path), ckpt_path)
     card = model_card(
         name,
         architecture(gpt, type(hf).__name__),
         {"spec": tok.spec, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id},
-        facts,
+        training,
         command,
         eval_results,
     )
