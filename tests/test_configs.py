@@ -77,6 +77,28 @@ COPIES = {
           lr_scheduler: {init_args: {warmup_steps: 200, decay_fraction: 0.3, min_lr: 0.0}}
         """,
     ),
+    "sft-tiny": (
+        ["tiny"],
+        """
+        trainer:
+          max_steps: 200
+          val_check_interval: 50
+          logger: {init_args: {name: sft-tiny}}
+        model:
+          gpt: {init_args: {vocab_size: 4100, document_mask: true, eot_id: 4095}}
+          optimizer: {init_args: {lr: 3.0e-4}}
+          lr_scheduler: {init_args: {warmup_steps: 20, min_lr: 3.0e-5}}
+        data:
+          format: chat
+          sources: [stdlib-chat]
+          tokenizer: stdlib-4k+chat
+          data_dir: data/stdlib-chat-4k
+          val_fraction: 0.05
+          overlong: skip
+        checkpoint: {every_n_train_steps: 100}
+        samples: {every_n_steps: 0, prompt: "", max_new_tokens: 96}
+        """,
+    ),
     "tiny-modern": (
         ["tiny", "overlays/modern"],
         """

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import re
 import shlex
 import shutil
@@ -182,6 +183,8 @@ def docs_dir(tmp_path, monkeypatch):
     files the examples name (a small corpus, a trained ranks file)."""
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     corpus = write_text_corpus(tmp_path / "doc-corpus", LOREM)
+    chats = [{"instruction": f"Count to {n}.", "input": "", "output": f"{n}."} for n in range(60)]
+    (tmp_path / "doc-chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
     vocabularies = ROOT / "lit_gpt_scratch/tokenizer/vocabularies"
     shutil.copyfile(vocabularies / "stdlib-4k.tiktoken", tmp_path / "tok.tiktoken")
     shutil.copyfile(vocabularies / "stdlib-4k.json", tmp_path / "tok.json")
@@ -257,6 +260,8 @@ def check_command(command: Command, docs_dir: Path, monkeypatch, capsys) -> None
     assert code == 0, f"{where}\n--print_config exits {code}:\n{output}"
     if args[0] in RUN_FOR_REAL:
         corpus = f"[{docs_dir}]"
+        if "format: chat" in output:  # conversations, not text
+            corpus = f"[{docs_dir.parent / 'doc-chats.jsonl'}]"
         extra = (
             ["--data.sources", corpus, "--data.prepare_workers=0", "--progress=false"]
             if args[0] == "prepare"

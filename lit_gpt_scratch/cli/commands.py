@@ -1,4 +1,5 @@
-"""The model subcommands: ``generate``, ``import_hf``, ``export`` and ``consolidate``.
+"""The model subcommands: ``generate``, ``import_hf``, ``export`` and ``consolidate``
+(``chat`` is in ``cli/chat.py``).
 
 Each is a plain, typed function: its signature is the CLI (``cli/main.py`` builds the parser from
 it), its docstring the ``--help``.
@@ -57,12 +58,7 @@ def generate(
     except UnicodeEncodeError:  # bytes the shell's locale could not decode
         raise UserError("--prompt is not valid UTF-8 text") from None
     check_at_least("--num_samples", num_samples, 1)
-    check_at_least("--max_new_tokens", max_new_tokens, 1)
-    check_at_least("--temperature", temperature, 0)
-    if top_k is not None:
-        check_at_least("--top_k", top_k, 1)
-    if top_p is not None and not 0 < top_p <= 1:  # NaN included
-        raise UserError(f"--top_p must be in (0, 1], got {top_p}")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     device = usable_device(device)
     loaded = load_gpt(ckpt_path, device)
     tok = checkpoint_tokenizer(loaded, tokenizer)
@@ -86,6 +82,16 @@ def generate(
             print("\n---------------")
         sys.stdout.write(text)
     print()
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k, top_p) -> None:
+    """The sampling options generate and chat share, each refused in one line."""
+    check_at_least("--max_new_tokens", max_new_tokens, 1)
+    check_at_least("--temperature", temperature, 0)
+    if top_k is not None:
+        check_at_least("--top_k", top_k, 1)
+    if top_p is not None and not 0 < top_p <= 1:  # NaN included
+        raise UserError(f"--top_p must be in (0, 1], got {top_p}")
 
 
 def import_hf(hf_dir: str, out: str, tokenizer: str = "gpt2") -> None:

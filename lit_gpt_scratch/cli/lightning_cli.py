@@ -47,12 +47,14 @@ from lit_gpt_scratch.train.checkpoint_files import (
     load_lora_base,
     load_weights,
     read_checkpoint,
+    with_grown_vocabulary,
 )
 from lit_gpt_scratch.train.checkpoint_io import install_atomic_checkpoint_io
 from lit_gpt_scratch.train.checkpoints import RunCheckpoint, last_candidates_in
 from lit_gpt_scratch.train.classifier import LitClassifier
 from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.train.downstream import DownstreamEval
+from lit_gpt_scratch.train.fine_tune_start import check_tokenizer_extends, weights_start_reason
 from lit_gpt_scratch.train.host_memory import keep_freed_memory
 from lit_gpt_scratch.train.lora_checkpoints import (
     BASE_KEY,
@@ -169,6 +171,7 @@ class LitGPTCLI(LightningCLI):
         differs. A resumed ``fit`` writes into the run folder its checkpoint came from.
         """
         self.resume_step: int | None = None
+        self._weights_start: str | None = None  # why --ckpt_path is a weights start, if it is
         self.purge_step: int | None = None  # TensorBoard drops the run folder's events from it
         self._nothing_to_resume = False
         self._lora_base_of_resume: dict | None = None  # a LoRA checkpoint's base record
@@ -205,6 +208,11 @@ class LitGPTCLI(LightningCLI):
                     f"{config.model.get('head')}: fine-tune it first (fit --ckpt_path {path})"
                 )
             return None  # its weights start the fine-tune (before_fit)
+        reason = weights_start_reason(ckpt, config.data.get("format", "text"))
+        if reason and self.config.subcommand == "fit":  # another run's data: a fine-tune
+            check_tokenizer_extends(ckpt, path, config.data.tokenizer)
+            self._weights_start = f"{path} starts a fine-tune from its weights ({reason})"
+            return None
         difference = first_difference(ckpt["hyper_parameters"]["gpt"], config.model.gpt.as_dict())
         configured_lora = config.model.get("lora")
         configured_lora = None if configured_lora is None else lora_settings(configured_lora)
@@ -337,17 +345,21 @@ class LitGPTCLI(LightningCLI):
             # after the checkpoint: the resumed curve continues with no step shown twice.
             # TensorBoardLogger hands its extra kwargs to the SummaryWriter it creates lazily.
             logger._kwargs["purge_step"] = self.purge_step
-        ckpt = self._checkpoint_that_fits()
+        ckpt = self._checkpoint_that_fits(weights_start=True)
         starts = ckpt is not None and another_head(ckpt, self.config[self.subcommand])
         lora = getattr(self.model, "lora", None)
         base_start = ckpt is not None and lora is not None and saved_lora(ckpt) is None
-        if ckpt is not None and (is_weights_only(ckpt) or starts or base_start):
+        if ckpt is not None and (
+            is_weights_only(ckpt) or starts or base_start or self._weights_start
+        ):
             config = self.config_init[self.subcommand]
             path = config["ckpt_path"]
             load_weights(self.model.gpt, ckpt, path)  # with LoRA: into the frozen base weights
             if lora is not None:
                 self.model.lora_base = base_record(path, gpt_weights(ckpt))
             config["ckpt_path"] = None
+            if self._weights_start:
+                rank_zero_info(self._weights_start)
             rank_zero_info(f"starting from the weights in {path} (fresh optimizer and step count)")
         if lora is not None and self.model.lora_base is None:
             self.model.lora_base = self._lora_base_of_resume
@@ -397,8 +409,9 @@ class LitGPTCLI(LightningCLI):
         # Read by the fit loop when fit starts: batches per device between validations.
         self.trainer.val_check_interval = steps * self.trainer.accumulate_grad_batches
 
-    def _checkpoint_that_fits(self) -> dict | None:
-        """The --ckpt_path file's dict, after checking its tensors fit the configured model."""
+    def _checkpoint_that_fits(self, weights_start: bool = False) -> dict | None:
+        """The --ckpt_path file's dict, after checking its tensors fit the configured model.
+        ``weights_start``: a fit's weights start may grow the vocabulary (fine_tune_start)."""
         path = self.config_init[self.subcommand].get("ckpt_path")
         if path and is_sharded(path) and not isinstance(self.trainer.strategy, FSDPStrategy):
             raise UserError(
@@ -409,6 +422,8 @@ class LitGPTCLI(LightningCLI):
         if not path or not Path(path).is_file():
             return None  # "best", None: Lightning resolves them
         ckpt = read_checkpoint(path)
+        if weights_start and (is_weights_only(ckpt) or getattr(self, "_weights_start", None)):
+            ckpt = with_grown_vocabulary(self.model.gpt, ckpt)  # new rows: the old rows' mean
         check_weights_fit(self.model.gpt, ckpt, path)  # names the first mismatching parameter
         check_weights_finite(ckpt, path)  # a resume or a fine-tune from NaN weights: refused
         if is_adapters_only(ckpt):  # a LoRA run's: the base weights come from its base file

@@ -163,6 +163,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         "write a labelled .jsonl set from the stdlib (for configs/classify-tiny.yaml)",
         function_command("classification_set", "lit_gpt_scratch.data.classification_set"),
     ),
+    "chat": (
+        "talk with a chat fine-tuned checkpoint (/reset, /quit; reads a pipe too)",
+        function_command("chat", "lit_gpt_scratch.cli.chat"),
+    ),
     "evaluate": (
         "score a checkpoint on downstream tasks (acc, acc_norm) and text (bpb)",
         function_command("evaluate", "lit_gpt_scratch.cli.evaluate"),

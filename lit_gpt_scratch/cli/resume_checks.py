@@ -55,7 +55,8 @@ def check_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
     check_same_mixture(ckpt, config.data.sources, allow)
     check_same_corpus(ckpt, config.data.data_dir, allow)
     check_same_seed(ckpt, config.data.seed, allow)
-    check_same_windows(ckpt, config.data.get("windows", "random"), allow)
+    windows = "packed" if config.data.get("format") == "chat" else config.data.get("windows")
+    check_same_windows(ckpt, windows or "random", allow)
     check_steps_left(ckpt, path, config.trainer.get("max_steps"))
 
 

@@ -139,10 +139,18 @@ def _corpus_draws(data, meta: dict, mixture, rank: int, world: int):
 
     splits, vocab = meta["splits"], meta["vocab_size"]
     stream = TokenStream(data.data_dir, "train", meta["dtype"], splits["train"], vocab_size=vocab)
-    sampler = train_sampler(
-        data.get("windows", "random"), data.data_dir, meta, len(stream), data.block_size + 1,
-        data.batch_size, data.seed, rank, world,
-    )  # fmt: skip
+    if data.get("format") == "chat":  # packed conversations, drawn as training draws them
+        from lit_gpt_scratch.data.chat_windows import PackedSampler
+
+        window = data.block_size + 1
+        sampler = PackedSampler(
+            len(stream) // window, window, data.batch_size, data.seed, rank, world, False
+        )
+    else:
+        sampler = train_sampler(
+            data.get("windows", "random"), data.data_dir, meta, len(stream), data.block_size + 1,
+            data.batch_size, data.seed, rank, world,
+        )  # fmt: skip
 
     def batch_at(n: int) -> list[tuple[str, object, int]]:
         return [("", stream, start) for start in sampler.batch_at(n).tolist()]

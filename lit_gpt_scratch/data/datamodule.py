@@ -23,12 +23,19 @@ training batch, in ``training_step`` (not ``on_train_batch_end``: Lightning runs
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lit_gpt_scratch.data.chat_windows import (
+    ChatStreams,
+    PackedSampler,
+    PackedValWindows,
+    PackedWindows,
+)
 from lit_gpt_scratch.data.data_dir import corpus_fingerprint
 from lit_gpt_scratch.data.mixture import MixSource, read_mixture, refuse_val_set_names, weights_of
 from lit_gpt_scratch.data.mixture_data import MixtureStreams, PooledValWindows, SourceValBatches
@@ -96,6 +103,17 @@ class TokenDataModule(L.LightningDataModule):
             logged as ``val/<name>/loss`` (nats per token) and ``val/<name>/bpb`` (bits per
             byte of the file, the figure ``evaluate --text`` prints): runs with different
             tokenizers or recipes compare on the same text. ``prepare`` ignores them.
+        format: ``text``: documents into token shards, as above. ``chat``: conversations
+            (``stdlib-chat``, ``.jsonl`` of ``{"messages": [...]}`` or ``{"instruction",
+            "input", "output"}`` records, ``hf:``) rendered with the chat template into
+            windows of ids plus a loss mask, only the assistant's tokens counted in the loss
+            (``data.chat_prepare``); needs a tokenizer with the chat tokens (``<spec>+chat``).
+            ``val_split``, ``windows`` and ``text_field`` are text's only.
+        overlong: ``chat``: a conversation longer than a window is cut to it (``truncate``)
+            or left out (``skip``); both are counted in prepare's summary and meta.json.
+        pack: ``chat``: pack several conversations into a window, best-fit (they are kept
+            apart by ``model.gpt.init_args.document_mask``, which this needs); False: one
+            conversation a window, the rest padding.
     """
 
     def __init__(
@@ -119,6 +137,9 @@ class TokenDataModule(L.LightningDataModule):
         allow_approximate_resume: bool = False,
         prepare_per_node: bool = True,
         val_sets: dict[str, str] | None = None,
+        format: Literal["text", "chat"] = "text",
+        overlong: Literal["truncate", "skip"] = "truncate",
+        pack: bool = True,
     ):
         super().__init__()
         check_at_least("data.batch_size", batch_size, 1)
@@ -128,6 +149,8 @@ class TokenDataModule(L.LightningDataModule):
         # Read now: a bad file is refused before anything is prepared or written.
         self.val_texts = {name: read_val_set(name, path) for name, path in (val_sets or {}).items()}
         self.mixture = read_mixture(sources)  # None: one corpus (a plain list of strings)
+        if format == "chat":
+            refuse_text_options(self.mixture, windows)
         refuse_val_set_names(self.mixture, val_sets)
         self.save_hyperparameters()  # the tokenizer etc. travel in checkpoints
         self.prepare_data_per_node = prepare_per_node  # read by Lightning's prepare_data step
@@ -140,6 +163,7 @@ class TokenDataModule(L.LightningDataModule):
         self.streams: MixtureStreams | None = None  # a mixture's sources, after setup
         self._pending_state: dict | None = None  # sampler state loaded before the sampler exists
         self._val_sets: dict[str, ValSetBatches] = {}
+        self.chat: ChatStreams | None = None  # data.format chat's ids and masks, after setup
 
     # --- data on disk ---------------------------------------------------------------------------
 
@@ -165,7 +189,14 @@ class TokenDataModule(L.LightningDataModule):
         h = self.hparams
         self.meta = read_meta(h.data_dir)
         check_tokenizer(self.meta, h.tokenizer, h.data_dir)
-        if self.mixture is not None:
+        if h.format == "chat":
+            self.chat = ChatStreams(h.data_dir, self.meta)
+        elif self.meta.get("format") == "chat":
+            raise UserError(
+                f"data_dir {h.data_dir} holds chat windows, not text shards: set data.format: "
+                "chat, or use another data.data_dir"
+            )
+        elif self.mixture is not None:
             self._setup_mixture(stage)
         else:
             splits = self.meta["splits"]
@@ -186,6 +217,8 @@ class TokenDataModule(L.LightningDataModule):
         gpt = getattr(module, "gpt", None)
         if gpt is not None:
             check_against_model(self.meta, h.block_size, gpt)
+            if self.chat is not None:
+                check_chat_against_model(self.meta, gpt)
 
     def _setup_mixture(self, stage: str | None) -> None:
         """Each source's streams, each checked to hold a window, named by its folder."""
@@ -234,6 +267,9 @@ class TokenDataModule(L.LightningDataModule):
         if state:
             sampler.load_state_dict(state)
         self.sampler, self._pending_state = sampler, None
+        if self.chat is not None:
+            windows = PackedWindows(self.chat.ids["train"], self.chat.masks["train"], self.window)
+            return DataLoader(windows, batch_sampler=sampler, **self._loader_options())
         return DataLoader(
             TrainWindows(self.train_stream, self.window),
             batch_sampler=sampler,
@@ -242,6 +278,11 @@ class TokenDataModule(L.LightningDataModule):
 
     def _new_sampler(self, rank: int, world: int) -> StartSampler | MixtureSampler:
         h = self.hparams
+        if self.chat is not None:
+            return PackedSampler(
+                self.chat.windows("train"), self.window, h.batch_size, h.seed, rank, world,
+                h.allow_approximate_resume,
+            )  # fmt: skip
         if self.mixture is None:
             return train_sampler(
                 h.windows, h.data_dir, self.meta, len(self.train_stream), self.window,
@@ -260,7 +301,12 @@ class TokenDataModule(L.LightningDataModule):
         """The same ``val_windows`` windows every time, in order (of a mixture: up to
         ``val_windows`` of each source, pooled and interleaved)."""
         rank, world = self._rank_and_world()
-        if self.mixture is not None:
+        if self.chat is not None:
+            windows = PackedValWindows(
+                self.chat.ids["val"], self.chat.masks["val"], self.window,
+                self.hparams.val_windows, rank, world,
+            )  # fmt: skip
+        elif self.mixture is not None:
             windows = PooledValWindows(
                 self.streams.val_windows(self.window, self.hparams.val_windows, rank, world)
             )
@@ -402,6 +448,29 @@ def check_tokenizer(meta: dict, tokenizer: str, data_dir: str) -> None:
             f"{data_dir} holds {meta['dtype']} tokens of a {meta['vocab_size']}-id vocabulary "
             f"(tokenizer {meta['tokenizer']!r}), data.tokenizer {tokenizer!r} needs "
             f"{tok.dtype.name} and {tok.vocab_size}: use another data.data_dir"
+        )
+
+
+def refuse_text_options(mixture, windows: str) -> None:
+    """``data.format: chat`` reads one set of conversations in packed windows: a mixture or
+    ``data.windows: document_start`` (text's options) would not be honoured, so they are refused."""
+    if mixture is not None:
+        raise UserError("data.format chat reads one list of sources: a mixture is text's only")
+    if windows != "random":
+        raise UserError(
+            f"data.windows {windows} is for text: chat windows are packed conversations, "
+            "drawn in a seeded order"
+        )
+
+
+def check_chat_against_model(meta: dict, gpt) -> None:
+    """Packed conversations must not attend to each other: the GPT's document mask, split at
+    the data's EOT (each conversation begins with one), keeps them apart."""
+    if meta["settings"].get("pack") and not getattr(gpt, "document_mask", False):
+        raise UserError(
+            "data.pack packs several conversations into a window, and without "
+            "model.gpt.init_args.document_mask they would attend to each other: set "
+            f"document_mask: true and eot_id: {meta['eot_id']}, or data.pack: false"
         )
 
 

@@ -166,6 +166,11 @@ def prepare(
     run_settings = {**settings, "chunk_bytes": plan.chunk_bytes}  # chunk indices depend on it
     # Every check of what is there reads only: a complete directory is used as it is.
     meta = read_json(out / META)
+    if meta is not None and meta.get("format") == "chat":
+        raise UserError(
+            f"data_dir {out} holds chat windows, not text shards: set data.format: chat, or "
+            "use another data.data_dir"
+        )
     if meta is not None:
         return already_prepared(out, meta, settings, block_size)
     refuse_if_other_run(out, run_settings)
@@ -228,8 +233,11 @@ def prepare(
 def prepare_from_config(data: dict, progress: bool = True) -> dict:
     """``prepare`` with the options a ``data:`` section holds (TokenDataModule's keys: the
     loader's own, such as ``batch_size``, are not prepare's and are left out)."""
-    options = inspect.signature(prepare).parameters
-    return prepare(**{k: v for k, v in data.items() if k in options}, progress=progress)
+    function = prepare
+    if data.get("format") == "chat":  # conversations into packed windows with a loss mask
+        from lit_gpt_scratch.data.chat_prepare import prepare_chat as function
+    options = inspect.signature(function).parameters
+    return function(**{k: v for k, v in data.items() if k in options}, progress=progress)
 
 
 def _choose(val_split: str, val_fraction, block_size, plan, replan, tok, workers) -> Choice:

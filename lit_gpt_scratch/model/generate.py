@@ -4,10 +4,13 @@ Prompts are left-padded to a common length; ``pad_mask`` keeps every real token 
 to padding, and position ids count from each prompt's first real token, so a prompt decodes
 the same alone or in a batch. With ``use_cache`` each step feeds only the newest token and
 reuses the keys and values of earlier ones; without it every step reruns the whole sequence.
-Both give the same tokens.
+Both give the same tokens. ``stream`` is the one-sequence form that ``chat`` uses: it yields
+each id as it is drawn and keeps the caches for the next turn.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -125,6 +128,46 @@ def generate(
             "training diverged"
         )
     return [_until(row.tolist(), stop_id) for row in new_ids]
+
+
+@torch.no_grad()
+def stream(
+    model: GPT,
+    ids: list[int],
+    caches: list,
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...] = (),
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    vocab_limit: int | None = None,
+) -> Iterator[int]:
+    """Feed ``ids`` after what ``caches`` hold, then sample one id at a time, yielding each as
+    soon as it is drawn (to show text as it comes), at most ``max_new_tokens``, ending at the
+    first of ``stop_ids`` (not yielded). Each yielded id is fed before the next is drawn, so
+    afterwards the caches hold the ids, then every yielded id but possibly the last: a
+    multi-turn caller reads ``caches[0].length`` to know how far. One sequence (batch 1)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        step_input = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+        for _ in range(max_new_tokens):
+            logits, _ = model(step_input, caches=caches)
+            last = logits[:, -1, :vocab_limit]  # (1, V)
+            if not bool(torch.isfinite(last).all()):  # one read per token: it is shown anyway
+                raise NonFiniteLogits(
+                    "the model's logits are not finite (NaN or inf): its weights are damaged, "
+                    "or training diverged"
+                )
+            next_id = int(sample_next(last, temperature, top_k, top_p, generator))
+            if next_id in stop_ids:
+                return
+            yield next_id
+            step_input = torch.tensor([[next_id]], dtype=torch.long, device=device)
+    finally:
+        model.train(was_training)
 
 
 def generate_text(

@@ -13,6 +13,8 @@ A tokenizer is named by a *spec* string, the value of `data.tokenizer`:
   tiny config's; see the README for the exact command).
 - any other tiktoken encoding name (``cl100k_base``, ``o200k_base``, ...): tiktoken's own loading
   and cache (it downloads once, or reads ``TIKTOKEN_CACHE_DIR``).
+- any of the above followed by ``+chat``: with the chat tokens ``<|system|>``, ``<|user|>``,
+  ``<|assistant|>`` and ``<|end|>`` added above its largest id (``chat_tokens.py``).
 - a path to a ``.tiktoken`` ranks file (``base64(token) rank`` per line). An optional sidecar
   ``<name>.json`` beside it holds ``{"pat_str": ..., "special_tokens": {...}}``; without one the
   GPT-4 split pattern is used and ``<|endoftext|>`` takes the first id after the ranks.
@@ -122,6 +124,10 @@ def token_dtype(max_token_id: int) -> np.dtype:
 
 def load_tokenizer(spec: str) -> Tokenizer:
     """Resolve a tokenizer spec (see the module docstring); unknown specs are a UserError."""
+    if spec.endswith("+chat"):  # the base tokenizer plus the chat tokens (chat_tokens.py)
+        from lit_gpt_scratch.tokenizer.chat_tokens import with_chat_tokens
+
+        return with_chat_tokens(spec)
     if spec == "gpt2":
         return _gpt2()
     if spec == "bytes":

@@ -84,10 +84,12 @@ class TokenThroughput(L.Callback):
             self._window_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # A window (B, T + 1) trains on T tokens a row; a classifier's batch is a tuple whose
-        # first entry is its (B, T) ids (train/classifier.py)
-        ids = batch[0] if isinstance(batch, (tuple, list)) else batch[:, 1:]
-        step_tokens = ids.numel() * trainer.world_size
+        # (B, T + 1) windows, or chat's (B, 2, T + 1): ids and mask, train on T tokens a row;
+        # a classifier's batch is a tuple whose first entry is its (B, T) ids
+        if isinstance(batch, (tuple, list)):
+            step_tokens = batch[0].numel() * trainer.world_size
+        else:
+            step_tokens = (batch.size(-1) - 1) * batch.size(0) * trainer.world_size
         self.tokens += step_tokens
         self._window_tokens += step_tokens
         step = trainer.global_step  # optimizer steps: with accumulation, batches share one

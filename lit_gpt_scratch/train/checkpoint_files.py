@@ -211,6 +211,18 @@ def load_lora_base(gpt: GPT, ckpt: dict, path: str | Path) -> None:
     load_weights(gpt, base, base_path)
 
 
+def with_grown_vocabulary(gpt: GPT, ckpt: dict) -> dict:
+    """``ckpt`` with its embedding and head grown to ``gpt``'s larger vocabulary, the new rows
+    the mean of the old (``fine_tune_start``); as it is when the vocabulary did not grow."""
+    from lit_gpt_scratch.train.fine_tune_start import grow_vocabulary, vocab_of
+
+    old_vocab = vocab_of(ckpt)
+    if old_vocab is None or old_vocab >= gpt.vocab_size:
+        return ckpt
+    weights = grow_vocabulary(gpt_weights(ckpt), old_vocab, gpt)
+    return {**ckpt, "state_dict": {PREFIX + k: v for k, v in weights.items()}}
+
+
 def load_gpt(path: str | Path, device: str | torch.device = "cpu") -> LoadedGPT:
     """The GPT stored in a checkpoint file, in eval mode on ``device``."""
     return _build_and_load(read_checkpoint(path), path, device)

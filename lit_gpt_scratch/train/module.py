@@ -1,6 +1,7 @@
 """LitGPT: the LightningModule around the GPT (loss, optimizer groups, schedule, metrics).
 
-It knows nothing of files: batches arrive as (B, block_size + 1) windows of token ids, and
+It knows nothing of files: batches arrive as (B, block_size + 1) windows of token ids (or
+(B, 2, block_size + 1): ids and a loss mask, for chat fine-tuning), and
 what else it asks of the data module is the ``TokenData`` interface below.
 """
 
@@ -170,8 +171,8 @@ class LitGPT(L.LightningModule):
         return self.gpt(idx, targets, **options)
 
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and the ids that follow each
-        _, loss = self.gpt(x, y)  # fp32 cross-entropy
+        x, y = inputs_and_targets(batch)  # (B, T) inputs and the ids that follow each
+        _, loss = self.gpt(x, y)  # fp32 cross-entropy, the mean over targets not -100
         return loss
 
     def setup(self, stage: str) -> None:
@@ -201,12 +202,15 @@ class LitGPT(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: torch.Tensor, split: str) -> None:
-        loss = self._loss(batch)  # mean over the batch's B x T targets, all counted
-        getattr(self, f"{split}_loss").update(loss, weight=batch.size(0))
+        loss = self._loss(batch)  # mean over the batch's targets (a chat batch's: masked)
+        targets = inputs_and_targets(batch)[1]
+        counted = targets != -100  # (B, T)
+        # weighted by targets, so val/loss is the mean over every counted target of the split
+        getattr(self, f"{split}_loss").update(loss, weight=counted.sum())
         if self.token_bytes is not None:
-            targets = batch[:, 1:]
-            getattr(self, f"{split}_nats").update(loss.detach() * targets.numel())
-            getattr(self, f"{split}_bytes").update(self.token_bytes[targets].sum())
+            getattr(self, f"{split}_nats").update(loss.detach() * counted.sum())
+            n_bytes = (self.token_bytes[targets.clamp(min=0)] * counted).sum()
+            getattr(self, f"{split}_bytes").update(n_bytes)
 
     # what validation logs, as val/<name> (bpb with the tokenizer's byte counts only); setup
     # adds each named val set's <set>/loss and <set>/bpb
@@ -436,6 +440,16 @@ class LitGPT(L.LightningModule):
         """The param groups the optimizer is built with (``param_groups``); a subclass that
         adds or freezes parameters says so here."""
         return param_groups(self.gpt, self.param_roles)
+
+
+def inputs_and_targets(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) inputs and targets of a batch: windows of ids (B, T + 1), or packed chat windows
+    (B, 2, T + 1) of ids and their target mask (``data.format: chat``), whose targets are -100
+    wherever the mask is 0 (everything but the assistant's tokens)."""
+    if batch.dim() == 3:
+        ids, mask = batch[:, 0], batch[:, 1]
+        return ids[:, :-1], ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    return batch[:, :-1], batch[:, 1:]
 
 
 def _compile_options(mode, dynamic, fullgraph, backend) -> dict:
