@@ -140,3 +140,35 @@ def test_a_rank_no_merge_reaches_is_refused():
 )
 def test_possessive_intervals_become_atomic_groups(pattern, expected):
     assert oniguruma_pattern(pattern) == expected
+
+
+CHAT_ROLES = st.sampled_from(["system", "user", "assistant"])
+no_lookalikes = text.filter(lambda s: "<|" not in s)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    conversation=st.lists(st.tuples(CHAT_ROLES, no_lookalikes), min_size=1, max_size=4),
+    prompt=st.booleans(),
+)
+def test_chat_template_renders_the_projects_ids(chat_pair, conversation, prompt):
+    from lit_gpt_scratch.data.chat_template import ChatTemplate
+
+    tok, hf = chat_pair
+    messages = [{"role": role, "content": content} for role, content in conversation]
+    template = ChatTemplate(tok)
+    want = template.prompt(messages) if prompt else template.render(messages)[0].tolist()
+    got = hf.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=prompt, return_dict=False
+    )
+    assert list(got) == want
+
+
+@pytest.fixture(scope="module")
+def chat_pair(tmp_path_factory):
+    from lit_gpt_scratch.interop.hf_export import CHAT_TEMPLATE
+
+    tok = load_tokenizer("stdlib-4k+chat")
+    directory = tmp_path_factory.mktemp("chat")
+    write_tokenizer_files(tok, directory, model_max_length=256, chat_template=CHAT_TEMPLATE)
+    return tok, transformers.AutoTokenizer.from_pretrained(directory)

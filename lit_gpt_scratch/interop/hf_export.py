@@ -11,6 +11,17 @@ from lit_gpt_scratch.interop.hf import hf_from_gpt, model_is_tied
 from lit_gpt_scratch.interop.hf_tokenizer import write_tokenizer_files
 from lit_gpt_scratch.interop.model_card import model_card
 from lit_gpt_scratch.model.gpt import GPT
+from lit_gpt_scratch.tokenizer.chat_tokens import END, has_chat_tokens
+
+# data/chat_template.py's rendering in Jinja: <|endoftext|>, then each message as its role
+# token, its content and <|end|>; the generation prompt is <|assistant|>.
+CHAT_TEMPLATE = (
+    "{{ eos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('role must be system, user or assistant') }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 
 def converted(gpt: GPT, tok):
@@ -20,9 +31,12 @@ def converted(gpt: GPT, tok):
     from transformers import GenerationConfig
 
     hf = hf_from_gpt(gpt, eot_id=tok.eot_id)
+    stops = tok.eot_id  # a chat model ends its turn with <|end|>
+    if has_chat_tokens(tok):
+        stops = [tok.encoding._special_tokens[END], tok.eot_id]
     hf.generation_config = GenerationConfig(
         bos_token_id=tok.eot_id,
-        eos_token_id=tok.eot_id,
+        eos_token_id=stops,
         pad_token_id=tok.eot_id,
         do_sample=True,
         temperature=0.8,
@@ -40,7 +54,8 @@ def write_export(
     staging folder) for the export ``name``, the card's title; ``training``: the checkpoint's
     ``model_card.training_facts``."""
     hf.save_pretrained(directory)
-    write_tokenizer_files(tok, directory, model_max_length=gpt.block_size)
+    chat = CHAT_TEMPLATE if has_chat_tokens(tok) else None
+    write_tokenizer_files(tok, directory, model_max_length=gpt.block_size, chat_template=chat)
     card = model_card(
         name,
         architecture(gpt, type(hf).__name__),

@@ -163,7 +163,9 @@ def write_tokenizer_files(
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
-        "split_special_tokens": True,  # text is ordinary text, as encode_ordinary
+        # text is ordinary text, as encode_ordinary; but a chat template's rendering is one
+        # string whose role tokens must be recognised
+        "split_special_tokens": chat_template is None,
         "model_max_length": model_max_length,
     }
     if chat_template is not None:
