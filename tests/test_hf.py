@@ -206,3 +206,23 @@ def test_unexpressible_models_name_the_blocking_component(kwargs, message):
 def test_missing_hf_dir_is_named(tmp_path):
     with pytest.raises(UserError, match=r"--hf_dir .*nothing: no config.json"):
         load_hf_dir(tmp_path / "nothing")
+
+
+def test_a_document_mask_model_exports_exactly_for_one_document_contexts():
+    """The mask changes nothing in a context whose only <|endoftext|> is its first token (a
+    chat conversation): transformers, which has no mask, computes the same logits there."""
+    eot = V - 1
+    ours = randomized(
+        GPT(vocab_size=V, block_size=T, n_layer=2, n_head=4, d_model=32, document_mask=True,
+            eot_id=eot)
+    )  # fmt: skip
+    theirs = hf_from_gpt(ours, eot_id=eot)
+    idx = torch.randint(0, V - 1, (3, T))  # no EOT inside
+    idx[:2, 0] = eot  # two rows begin with one, as a rendered conversation does
+    with torch.no_grad():
+        mine, _ = ours(idx)
+    assert torch.allclose(mine, hf_logits(theirs, idx), atol=1e-4, rtol=0)
+    idx[2, T // 2] = eot  # a second document: the masked model reads it alone, HF does not
+    with torch.no_grad():
+        mine, _ = ours(idx)
+    assert not torch.allclose(mine[2], hf_logits(theirs, idx)[2], atol=1e-4, rtol=0)

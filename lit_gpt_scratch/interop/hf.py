@@ -196,7 +196,8 @@ def hf_from_gpt(model: GPT, eot_id: int | None = None):
     attn, mlp, norm, position = block.attn, block.mlp, block.ln_1, model.position
     _require(isinstance(attn, CausalSelfAttention), "attention", attn)
     _require(model.logit_softcap is None, "gpt", model, "logit_softcap")
-    _require(not model.document_mask, "gpt", model, "document_mask")
+    # document_mask: transformers reads a context as one document, which is the same function
+    # for a context with no <|endoftext|> after its first token (one chat, one document).
     _require(attn.window is None, "attention", attn, "a sliding window")
     d, V = model.wte.embedding_dim, model.vocab_size
     common = dict(vocab_size=V, tie_word_embeddings=model_is_tied(model))

@@ -74,6 +74,13 @@ def architecture(gpt: GPT, hf_class: str) -> dict:
     notes = []
     if attn.q_norm is not None:
         notes.append("QK-norm: RMSNorm of each head's queries and keys before the rotation")
+    if gpt.document_mask:
+        notes.append(
+            "trained with a document mask (attention within documents, positions from each "
+            "<|endoftext|>); transformers reads a context as one document, the same function "
+            "for a context with no <|endoftext|> after its first token (one conversation): "
+            "start a new context for each document"
+        )
     return {
         "class": hf_class,
         "parameters": gpt.num_params(),
