@@ -104,11 +104,9 @@ def import_hf(hf_dir: str, out: str, tokenizer: str = "gpt2") -> None:
         tokenizer: Tokenizer spec recorded in the checkpoint for generate and fit.
     """
     from lit_gpt_scratch.interop.hf import gpt_from_hf, load_hf_dir
-    from lit_gpt_scratch.train.checkpoint_io import check_writable
+    from lit_gpt_scratch.train.checkpoint_io import check_new_file
 
-    if Path(out).exists():
-        raise UserError(f"--out {out} exists: choose another path or delete it first")
-    check_writable(out, "--out")  # before the conversion, not after it
+    check_new_file(out)  # before the conversion, not after it
     gpt, spec = gpt_from_hf(load_hf_dir(hf_dir))
     save_gpt(out, gpt, spec, tokenizer)
     print(f"wrote {out}: {gpt.num_params():,} parameters, {spec['init_args']['n_layer']} layers")
@@ -172,13 +170,11 @@ def consolidate(ckpt_path: str, out: str) -> None:
             state_dict_type: sharded writes last.ckpt and the others as directories).
         out: The checkpoint file to write (.ckpt); it must not exist yet.
     """
-    from lit_gpt_scratch.train.checkpoint_io import check_writable
+    from lit_gpt_scratch.train.checkpoint_io import check_new_file
 
-    if Path(out).exists():
-        raise UserError(f"--out {out} exists: choose another path or delete it first")
+    check_new_file(out)
     if not Path(ckpt_path).is_dir():
         raise UserError(f"--ckpt_path {ckpt_path} is not a sharded checkpoint directory")
-    check_writable(out, "--out")
     loaded = load_sharded_gpt(ckpt_path)
     save_gpt(out, loaded.gpt, loaded.spec, loaded.tokenizer)
     print(f"wrote {out}: {loaded.gpt.num_params():,} parameters from {ckpt_path}")
