@@ -138,8 +138,8 @@ def test_checkpoint_errors_are_one_line(hf_dir, tmp_path, cli):
 
 
 def test_export_names_the_blocking_component(tmp_path, cli):
-    spec = tiny_spec(mlp={"class_path": "lit_gpt_scratch.model.mlp.ReluSquaredMLP"})
-    save_gpt(tmp_path / "r.ckpt", build_gpt(spec), spec)
+    spec = tiny_spec(vocab_size=257, mlp={"class_path": "lit_gpt_scratch.model.mlp.ReluSquaredMLP"})
+    save_gpt(tmp_path / "r.ckpt", build_gpt(spec), spec, "bytes")
     result = cli("export", f"--ckpt_path={tmp_path / 'r.ckpt'}", f"--out_dir={tmp_path / 'o'}")
     assert "mlp ReluSquaredMLP has no Hugging Face equivalent" in one_error_line(result)
     assert not (tmp_path / "o").exists()
@@ -147,8 +147,8 @@ def test_export_names_the_blocking_component(tmp_path, cli):
 
 def test_export_below_a_file_is_one_line(tmp_path, cli):
     """Before: a FileExistsError traceback from the folder's mkdir."""
-    spec = tiny_spec()
-    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    spec = tiny_spec(vocab_size=257)
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec, "bytes")
     (tmp_path / "x").write_text("mine")
     out = tmp_path / "x" / "y"
     result = cli("export", f"--ckpt_path={tmp_path / 'm.ckpt'}", f"--out_dir={out}")
@@ -160,8 +160,8 @@ def test_export_below_a_file_is_one_line(tmp_path, cli):
 def test_export_onto_a_file_or_a_read_only_folder_names_out_dir(tmp_path, cli, mount_tmpfs):
     """Before: an empty file was "exists and is not empty", and a read-only disk named the
     hidden temporary folder."""
-    spec = tiny_spec()
-    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    spec = tiny_spec(vocab_size=257)
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec, "bytes")
     (tmp_path / "f").write_text("")
     result = cli("export", f"--ckpt_path={tmp_path / 'm.ckpt'}", f"--out_dir={tmp_path / 'f'}")
     assert (
@@ -194,8 +194,8 @@ def test_save_gpt_never_overwrites(tmp_path):
     ],
 )
 def test_generate_refuses_bad_sampling_options_in_one_line(tmp_path, cli, option, line):
-    spec = tiny_spec()
-    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    spec = tiny_spec(vocab_size=257)
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec, "bytes")
     result = cli("generate", f"--ckpt_path={tmp_path / 'm.ckpt'}", option)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {line}"
@@ -203,8 +203,8 @@ def test_generate_refuses_bad_sampling_options_in_one_line(tmp_path, cli, option
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_generate_on_cuda_without_a_gpu_is_one_line(tmp_path, cli):
-    spec = tiny_spec()
-    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec)
+    spec = tiny_spec(vocab_size=257)
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec, "bytes")
     result = cli("generate", f"--ckpt_path={tmp_path / 'm.ckpt'}", "--device=cuda")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (

@@ -138,6 +138,34 @@ def test_llama_to_hf_with_gqa_and_untied_head():
     assert_same_function(ours, theirs)
 
 
+def modern_llama(norm_eps: float = 1e-6, bias: bool = True) -> GPT:
+    return GPT(
+        vocab_size=V,
+        block_size=T,
+        n_layer=2,
+        n_head=4,
+        d_model=32,
+        tie_embeddings=False,
+        attention=lambda *s: CausalSelfAttention(*s, n_kv_head=2, qk_norm=True, bias=bias),
+        mlp=lambda d: SwiGLU(d, hidden=48),
+        norm=lambda d: RMSNorm(d, eps=norm_eps),
+        position=lambda *s: RotaryPosition(*s, base=500.0),
+    )
+
+
+def test_qk_norm_exports_as_qwen3_with_the_tokenizer_ids():
+    ours = randomized(modern_llama())
+    theirs = hf_from_gpt(ours, eot_id=7)
+    assert isinstance(theirs, transformers.Qwen3ForCausalLM)
+    assert theirs.config.eos_token_id == theirs.config.bos_token_id == 7
+    assert_same_function(ours, theirs)
+
+
+def test_qk_norm_with_another_norm_eps_is_refused_naming_both():
+    with pytest.raises(UserError, match=r"norm RMSNorm eps 1e-05 differs from the QK-norm's 1e-06"):
+        hf_from_gpt(modern_llama(norm_eps=1e-5))
+
+
 def test_round_trip_through_a_saved_directory(tmp_path):
     theirs = hf_gpt2()
     theirs.save_pretrained(tmp_path / "hf")
@@ -166,6 +194,7 @@ def test_round_trip_through_a_saved_directory(tmp_path):
             r"attention CausalSelfAttention with grouped-query attention",
         ),
         ({"position": RotaryPosition}, r"mlp GeluMLP has no Hugging Face equivalent"),
+        ({"logit_softcap": 15.0}, r"gpt GPT with logit_softcap has no Hugging Face equivalent"),
     ],
 )
 def test_unexpressible_models_name_the_blocking_component(kwargs, message):
@@ -177,3 +206,23 @@ def test_unexpressible_models_name_the_blocking_component(kwargs, message):
 def test_missing_hf_dir_is_named(tmp_path):
     with pytest.raises(UserError, match=r"--hf_dir .*nothing: no config.json"):
         load_hf_dir(tmp_path / "nothing")
+
+
+def test_a_document_mask_model_exports_exactly_for_one_document_contexts():
+    """The mask changes nothing in a context whose only <|endoftext|> is its first token (a
+    chat conversation): transformers, which has no mask, computes the same logits there."""
+    eot = V - 1
+    ours = randomized(
+        GPT(vocab_size=V, block_size=T, n_layer=2, n_head=4, d_model=32, document_mask=True,
+            eot_id=eot)
+    )  # fmt: skip
+    theirs = hf_from_gpt(ours, eot_id=eot)
+    idx = torch.randint(0, V - 1, (3, T))  # no EOT inside
+    idx[:2, 0] = eot  # two rows begin with one, as a rendered conversation does
+    with torch.no_grad():
+        mine, _ = ours(idx)
+    assert torch.allclose(mine, hf_logits(theirs, idx), atol=1e-4, rtol=0)
+    idx[2, T // 2] = eot  # a second document: the masked model reads it alone, HF does not
+    with torch.no_grad():
+        mine, _ = ours(idx)
+    assert not torch.allclose(mine[2], hf_logits(theirs, idx)[2], atol=1e-4, rtol=0)

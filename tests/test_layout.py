@@ -18,7 +18,7 @@ ALLOWED = {
     # evaluate.scoring: the rolling windows named val sets share with evaluate --text (plain torch)
     "data": ("data", "errors", "files", "tokenizer", "evaluate.scoring"),
     "tokenizer": ("tokenizer", "data", "errors", "files"),
-    "interop": ("interop", "model", "errors", "files"),
+    "interop": ("interop", "model", "tokenizer", "errors", "files"),
     "train": (
         "train",
         "model",

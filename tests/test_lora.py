@@ -17,7 +17,8 @@ from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.model.lora import LoRA, add_adapters, has_adapters, merge_adapters
 from lit_gpt_scratch.model.mlp import SwiGLU
 from lit_gpt_scratch.train.checkpoint_files import load_gpt
-from lit_gpt_scratch.train.module import LitGPT, param_groups
+from lit_gpt_scratch.train.module import LitGPT
+from lit_gpt_scratch.train.param_groups import param_groups
 
 ALL_LINEAR = ["c_attn", "c_proj", "c_fc"]
 

@@ -18,8 +18,8 @@ import torch
 from lit_gpt_scratch.bench.optimizer_ops import count_step_ops
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.gpt import GPT
-from lit_gpt_scratch.train.module import param_groups
 from lit_gpt_scratch.train.optimizers import Muon, newton_schulz, orthogonalize
+from lit_gpt_scratch.train.param_groups import param_groups
 
 TESTS = Path(__file__).resolve().parent
 SHAPES = [(24, 16), (16, 40), (24, 16), (40, 16), (24, 16)]  # stacks of 3, 1 and 1, interleaved

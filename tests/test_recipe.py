@@ -9,8 +9,8 @@ from conftest import LOREM, last_checkpoint, small_run_args, write_text_corpus
 
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.gpt import GPT
-from lit_gpt_scratch.train.module import param_groups
 from lit_gpt_scratch.train.optimizers import Muon, orthogonalize
+from lit_gpt_scratch.train.param_groups import param_groups
 from lit_gpt_scratch.train.schedules import WarmupCosineLR, WarmupStableDecayLR
 
 

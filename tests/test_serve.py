@@ -192,6 +192,7 @@ def test_models_and_info_describe_the_checkpoint(server, client):
     card = info["card"]
     assert card["tokenizer"] == "bytes+chat" and card["chat"] is True
     assert card["block_size"] == 64 and card["vocab_size"] == 261 and card["n_layer"] == 1
+    assert card["class"] == "GPT" and card["steps"] == 0 and card["val_loss"] is None
     assert card["parameters"] == load_gpt_params()
 
 

@@ -22,8 +22,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lit_gpt_scratch.bench.train import print_report
 from lit_gpt_scratch.model.build import build_gpt, gpt_spec_from_config
-from lit_gpt_scratch.train.module import param_groups
 from lit_gpt_scratch.train.optimizers import AdamW, Muon
+from lit_gpt_scratch.train.param_groups import param_groups
 
 MATMULS = {"mm", "bmm", "addmm", "baddbmm", "matmul"}
 OPTIMIZERS = {"AdamW": AdamW, "Muon": Muon}

@@ -48,9 +48,8 @@ class ChatSession:
         if self.system:
             head += self.template.message("system", self.system)[0]
         self.head = head
-        self.turns: list[
-            list[int]
-        ] = []  # each: the user message, <|assistant|>, the reply, <|end|>
+        # each turn: the user message, <|assistant|>, the reply, <|end|>
+        self.turns: list[list[int]] = []
         self.fed: list[int] = []  # the ids the cache holds, in order
         self.caches = None
 

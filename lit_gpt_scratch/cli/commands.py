@@ -8,6 +8,7 @@ it), its docstring the ``--help``.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -103,33 +104,44 @@ def import_hf(hf_dir: str, out: str, tokenizer: str = "gpt2") -> None:
         tokenizer: Tokenizer spec recorded in the checkpoint for generate and fit.
     """
     from lit_gpt_scratch.interop.hf import gpt_from_hf, load_hf_dir
-    from lit_gpt_scratch.train.checkpoint_io import check_writable
+    from lit_gpt_scratch.train.checkpoint_io import check_new_file
 
-    if Path(out).exists():
-        raise UserError(f"--out {out} exists: choose another path or delete it first")
-    check_writable(out, "--out")  # before the conversion, not after it
+    check_new_file(out)  # before the conversion, not after it
     gpt, spec = gpt_from_hf(load_hf_dir(hf_dir))
     save_gpt(out, gpt, spec, tokenizer)
     print(f"wrote {out}: {gpt.num_params():,} parameters, {spec['init_args']['n_layer']} layers")
 
 
-def export(ckpt_path: str, out_dir: str) -> None:
-    """Write a checkpoint as a Hugging Face directory (GPT2LMHeadModel or LlamaForCausalLM).
+def export(ckpt_path: str, out_dir: str, eval_results: str | None = None) -> None:
+    """Write a checkpoint as a complete Hugging Face directory: weights (GPT2LMHeadModel,
+    LlamaForCausalLM or Qwen3ForCausalLM), config.json and generation_config.json with the
+    tokenizer's ids, tokenizer.json and its configs, and a model card (README.md).
 
     Args:
         ckpt_path: A checkpoint written by fit or import_hf.
-        out_dir: Directory to create; from_pretrained(out_dir) loads it. It must not exist yet,
-            or be empty.
+        out_dir: Directory to create; from_pretrained(out_dir) loads the model and its
+            tokenizer. It must not exist yet, or be empty.
+        eval_results: A results file written by evaluate --out, whose scores go into the
+            model card.
     """
-    from lit_gpt_scratch.interop.hf import hf_from_gpt
+    from lit_gpt_scratch.interop.hf_export import converted, write_export
+    from lit_gpt_scratch.interop.model_card import read_eval_results, training_facts
+    from lit_gpt_scratch.train.checkpoint_files import read_checkpoint
 
     target = Path(out_dir)
     if target.exists() and not target.is_dir():
         raise UserError(f"--out_dir {out_dir} is a file: choose a new folder")
     if target.exists() and any(target.iterdir()):
         raise UserError(f"--out_dir {out_dir} exists and is not empty")
+    scores = read_eval_results(eval_results) if eval_results is not None else None
     loaded = load_gpt(ckpt_path)
-    hf = hf_from_gpt(loaded.gpt)
+    tok = checkpoint_tokenizer(loaded)
+    command = f"python -m lit_gpt_scratch export --ckpt_path={shlex.quote(str(ckpt_path))} "
+    command += f"--out_dir={shlex.quote(str(out_dir))}"
+    if eval_results is not None:
+        command += f" --eval_results={shlex.quote(str(eval_results))}"
+    hf = converted(loaded.gpt, tok)  # refuses what no layout expresses before any write
+    training = training_facts(read_checkpoint(ckpt_path), ckpt_path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -138,15 +150,15 @@ def export(ckpt_path: str, out_dir: str) -> None:
     except OSError as e:  # a read-only or full disk: name the folder, not a temporary one
         raise UserError(f"--out_dir {out_dir}: {e.strerror}") from None
     try:
-        hf.save_pretrained(staging)
-        if loaded.tokenizer == "gpt2":  # GPT-2's own files are the HF tokenizer's vocab/merges
-            _write_gpt2_tokenizer(staging)
+        name = target.resolve().name
+        write_export(staging, name, hf, loaded.gpt, tok, training, command, scores)
         if target.exists():
             target.rmdir()
         os.replace(staging, target)  # the directory appears complete, or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"wrote {out_dir}: {type(hf).__name__}")
+    tokenizer = f"the {tok.spec} tokenizer ({tok.vocab_size:,} ids)"
+    print(f"wrote {out_dir}: {type(hf).__name__} with {tokenizer}")
 
 
 def consolidate(ckpt_path: str, out: str) -> None:
@@ -158,21 +170,11 @@ def consolidate(ckpt_path: str, out: str) -> None:
             state_dict_type: sharded writes last.ckpt and the others as directories).
         out: The checkpoint file to write (.ckpt); it must not exist yet.
     """
-    from lit_gpt_scratch.train.checkpoint_io import check_writable
+    from lit_gpt_scratch.train.checkpoint_io import check_new_file
 
-    if Path(out).exists():
-        raise UserError(f"--out {out} exists: choose another path or delete it first")
+    check_new_file(out)
     if not Path(ckpt_path).is_dir():
         raise UserError(f"--ckpt_path {ckpt_path} is not a sharded checkpoint directory")
-    check_writable(out, "--out")
     loaded = load_sharded_gpt(ckpt_path)
     save_gpt(out, loaded.gpt, loaded.spec, loaded.tokenizer)
     print(f"wrote {out}: {loaded.gpt.num_params():,} parameters from {ckpt_path}")
-
-
-def _write_gpt2_tokenizer(directory: Path) -> None:
-    from lit_gpt_scratch.tokenizer.encodings import gpt2_files
-
-    files = gpt2_files()
-    shutil.copyfile(files["encoder.json"], directory / "vocab.json")
-    shutil.copyfile(files["vocab.bpe"], directory / "merges.txt")

@@ -87,11 +87,9 @@ def evaluate(
 
 
 def _check_out(out: str) -> None:
-    from lit_gpt_scratch.train.checkpoint_io import check_writable
+    from lit_gpt_scratch.train.checkpoint_io import check_new_file
 
-    if Path(out).exists():
-        raise UserError(f"--out {out} exists: choose another path or delete it first")
-    check_writable(out, "--out")
+    check_new_file(out)
 
 
 def _text(path: str) -> str:

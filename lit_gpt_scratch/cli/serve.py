@@ -63,7 +63,7 @@ def serve(
         ) from None
     from lit_gpt_scratch.data.chat_template import ChatTemplate
     from lit_gpt_scratch.serve.batcher import Batcher
-    from lit_gpt_scratch.serve.model_card import model_card
+    from lit_gpt_scratch.serve.card import served_card
     from lit_gpt_scratch.serve.requests import Served
 
     loaded = load_gpt(ckpt_path, usable_device(device))
@@ -75,7 +75,7 @@ def serve(
     name = model_name or ckpt_path
     served = Served(name, tok, template, loaded.gpt.block_size, temperature, top_k, top_p,
                     max_tokens)  # fmt: skip
-    card = model_card(ckpt_path, loaded, chat=template is not None)
+    card = served_card(ckpt_path, loaded, tok, chat=template is not None)
     app = build_app(served, Batcher(loaded.gpt, tok, max_batch_size), card, api_key)
     if host not in LOOPBACK and api_key is None:
         print(f"warning: --host {host} without --api_key: anyone who reaches it can use it")

@@ -3,11 +3,14 @@
 - GPT-2 layout (learned positions, LayerNorm, GELU MLP) <-> ``GPT2LMHeadModel``.
 - Llama layout (rotary positions, RMSNorm, SwiGLU, grouped-query attention allowed) <->
   ``LlamaForCausalLM``.
+- The Llama layout with QK-norm (an RMSNorm of each head's queries and keys, before the
+  rotation) -> ``Qwen3ForCausalLM``, whose attention is exactly that; it has one ``eps`` for
+  every norm, so the model's norms must use the QK-norm's 1e-6.
 
-A model that neither expresses (a sliding window, QK-norm, ReLU², no positions, ...) is refused
-with a ``UserError`` naming the component that blocks it. Missing biases export as zeros, which
-computes the same function. Nothing here downloads: directories are read with
-``local_files_only=True``.
+A model that none expresses (a sliding window, ReLU², a logit soft-cap, a document mask, no
+positions, ...) is refused with a ``UserError`` naming the component that blocks it. Missing
+biases export as zeros, which computes the same function. Nothing here downloads: directories
+are read with ``local_files_only=True``.
 """
 
 from __future__ import annotations
@@ -184,19 +187,24 @@ def _to_ours(kind: str, hf: dict, model: GPT) -> dict:
 # --- GPT -> Hugging Face --------------------------------------------------------------------------
 
 
-def hf_from_gpt(model: GPT):
-    """A transformers model computing the same function as ``model`` (fp32 weights copied)."""
+def hf_from_gpt(model: GPT, eot_id: int | None = None):
+    """A transformers model computing the same function as ``model`` (fp32 weights copied).
+    ``eot_id``: the tokenizer's end-of-text id, the config's bos, eos and pad token (None:
+    none set, never GPT-2's 50256 for another vocabulary)."""
     transformers = _transformers()
     block = model.blocks[0]
     attn, mlp, norm, position = block.attn, block.mlp, block.ln_1, model.position
     _require(isinstance(attn, CausalSelfAttention), "attention", attn)
-    _require(attn.q_norm is None, "attention", attn, "QK-norm")
     _require(model.logit_softcap is None, "gpt", model, "logit_softcap")
-    _require(not model.document_mask, "gpt", model, "document_mask")
+    # document_mask: transformers reads a context as one document, which is the same function
+    # for a context with no <|endoftext|> after its first token (one chat, one document).
     _require(attn.window is None, "attention", attn, "a sliding window")
     d, V = model.wte.embedding_dim, model.vocab_size
     common = dict(vocab_size=V, tie_word_embeddings=model_is_tied(model))
+    common.update(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id)
+    qk_norm = attn.q_norm is not None
     if isinstance(position, LearnedPosition):
+        _require(not qk_norm, "attention", attn, "QK-norm")
         _require(attn.n_kv_head == attn.n_head, "attention", attn, "grouped-query attention")
         _require(isinstance(mlp, GeluMLP), "mlp", mlp, "GPT-2 layout")
         _require(isinstance(norm, LayerNorm), "norm", norm, "GPT-2 layout")
@@ -218,7 +226,16 @@ def hf_from_gpt(model: GPT):
     elif isinstance(position, RotaryPosition):
         _require(isinstance(mlp, SwiGLU), "mlp", mlp, "Llama layout")
         _require(isinstance(norm, RMSNorm), "norm", norm, "Llama layout")
-        config = transformers.LlamaConfig(
+        if qk_norm:
+            _require(mlp.up.bias is None, "mlp", mlp, "biases next to QK-norm (Qwen3 has none)")
+            if norm.eps != attn.q_norm.eps:
+                raise UserError(
+                    f"cannot export: norm RMSNorm eps {norm.eps} differs from the QK-norm's "
+                    f"{attn.q_norm.eps}, and Qwen3 (the Llama layout with QK-norm) has one eps"
+                )
+        layout = transformers.Qwen3Config if qk_norm else transformers.LlamaConfig
+        extra = {"head_dim": attn.head_size} if qk_norm else {"mlp_bias": mlp.up.bias is not None}
+        config = layout(
             hidden_size=d,
             intermediate_size=mlp.up.out_features,
             num_hidden_layers=model.n_layer,
@@ -228,10 +245,11 @@ def hf_from_gpt(model: GPT):
             rms_norm_eps=norm.eps,
             rope_theta=position.base,
             attention_bias=attn.c_attn.bias is not None,
-            mlp_bias=mlp.up.bias is not None,
+            **extra,
             **common,
         )
-        hf = transformers.LlamaForCausalLM(config)
+        causal_lm = transformers.Qwen3ForCausalLM if qk_norm else transformers.LlamaForCausalLM
+        hf = causal_lm(config)
         state = _llama_state(model)
     else:
         raise UserError(
@@ -250,7 +268,7 @@ def _require(ok: bool, slot: str, module, feature: str | None = None) -> None:
         what = f" with {feature}" if feature and "layout" not in feature else ""
         raise UserError(
             f"cannot export: {slot} {type(module).__name__}{what} has no Hugging Face "
-            "equivalent (GPT-2 or Llama layout)"
+            "equivalent (GPT-2, Llama or Qwen3 layout)"
         )
 
 
@@ -297,6 +315,9 @@ def _llama_state(model: GPT) -> dict:
         for p, w in zip("qkv", attn.c_attn.weight.detach().split(sizes), strict=True):
             out[h + f"self_attn.{p}_proj.weight"] = w
         out[h + "self_attn.o_proj.weight"] = attn.c_proj.weight.detach()
+        if attn.q_norm is not None:  # Qwen3's per-head norms
+            out[h + "self_attn.q_norm.weight"] = attn.q_norm.weight.detach()
+            out[h + "self_attn.k_norm.weight"] = attn.k_norm.weight.detach()
         if attn.c_attn.bias is not None:
             for p, bias in zip("qkv", attn.c_attn.bias.detach().split(sizes), strict=True):
                 out[h + f"self_attn.{p}_proj.bias"] = bias

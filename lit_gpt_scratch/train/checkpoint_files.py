@@ -304,11 +304,10 @@ def save_gpt(
     A path that cannot be written is a UserError naming ``label`` (the option that gave it)."""
     import lightning
 
-    from lit_gpt_scratch.train.checkpoint_io import atomic_torch_save
+    from lit_gpt_scratch.train.checkpoint_io import atomic_torch_save, check_new_file
 
     path = Path(path)
-    if path.exists():
-        raise UserError(f"{path} exists: choose another path or delete it first")
+    check_new_file(path, label)
     ckpt = {
         "state_dict": {PREFIX + k: v.detach().cpu() for k, v in gpt.state_dict().items()},
         "hyper_parameters": {"gpt": spec},

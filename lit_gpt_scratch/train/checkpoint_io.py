@@ -54,6 +54,14 @@ def check_writable(path: str | Path, label: str = "checkpoint") -> None:
         raise UserError(f"{label} {path}: {_reason(e)}") from None
 
 
+def check_new_file(path: str | Path, label: str = "--out") -> None:
+    """A UserError naming ``label`` unless ``path`` does not exist yet and can be written:
+    outputs never overwrite, and are refused before the work that makes them."""
+    if Path(path).exists():
+        raise UserError(f"{label} {path} exists: choose another path or delete it first")
+    check_writable(path, label)
+
+
 def _check_folder_possible(path: Path, label: str) -> Path:
     """The nearest existing folder above ``path``; a UserError when a file stands where
     ``path`` needs a folder (mkdir would say only "File exists")."""

@@ -26,8 +26,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_gpt_scratch.errors import UserError
 from lit_gpt_scratch.model.gpt import GPT
-from lit_gpt_scratch.train.module import LitGPT, param_groups
+from lit_gpt_scratch.train.module import LitGPT
 from lit_gpt_scratch.train.optimizers import AdamW
+from lit_gpt_scratch.train.param_groups import param_groups
 from lit_gpt_scratch.train.schedules import WarmupCosineLR
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids (B, T), lengths (B,), labels (B,)
