@@ -214,7 +214,9 @@ def crash_at(monkeypatch, n: int | None) -> list[int]:
     return count
 
 
-@pytest.mark.parametrize("val_split", ["auto", "tail"])  # auto: whole documents here
+@pytest.mark.parametrize(
+    "val_split", ["auto", pytest.param("tail", marks=pytest.mark.slow)]
+)  # auto: whole documents here
 def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monkeypatch, val_split):
     run(corpus, tmp_path / "ref", val_split=val_split)
     reference = dir_bytes(tmp_path / "ref")

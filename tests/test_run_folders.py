@@ -43,6 +43,7 @@ def files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # ~25-40 s: two real runs
 def test_a_second_resume_of_a_running_run_is_refused_and_changes_nothing(tmp_path, corpus):
     args = small_run_args(corpus, tmp_path / "data", **{"checkpoint.every_n_train_steps": "2"})
     work = tmp_path / "work"
@@ -105,6 +106,7 @@ def test_restarts_before_the_first_checkpoint_reuse_the_empty_run_folder(tmp_pat
     assert losses(root / "version_0") == losses(tmp_path / "whole/checkpoints/tiny/version_0")
 
 
+@pytest.mark.slow  # ~25-40 s: two real runs
 def test_a_checkpoint_from_outside_the_configs_runs_continues_in_a_new_folder_and_says_so(
     tmp_path, corpus
 ):
