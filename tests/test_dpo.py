@@ -51,9 +51,7 @@ def toy_files(tmp_path_factory):
 
 def small_gpt(block_size: int = 24, **options) -> GPT:
     torch.manual_seed(0)
-    return GPT(
-        vocab_size=4100, block_size=block_size, n_layer=2, n_head=2, d_model=32, **options
-    )
+    return GPT(vocab_size=4100, block_size=block_size, n_layer=2, n_head=2, d_model=32, **options)
 
 
 def data_module(files, batch_size: int = 8, block_size: int = 24) -> PreferenceDataModule:
@@ -112,7 +110,10 @@ def test_the_loss_is_the_hand_computed_dpo_loss_on_a_tiny_case():
     rows = []
     for reply in ("chosen", "rejected"):
         ids, mask = template.render(
-            [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": pair[reply]}]
+            [
+                {"role": "user", "content": pair["prompt"]},
+                {"role": "assistant", "content": pair[reply]},
+            ]
         )
         padded = torch.full((2, 25), tok.eot_id)
         padded[1] = 0
@@ -123,7 +124,10 @@ def test_the_loss_is_the_hand_computed_dpo_loss_on_a_tiny_case():
     def by_hand(model: GPT, reply: str) -> float:
         """Sum over the reply and its <|end|> of log p(token | everything before it)."""
         ids, mask = template.render(
-            [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": pair[reply]}]
+            [
+                {"role": "user", "content": pair["prompt"]},
+                {"role": "assistant", "content": pair[reply]},
+            ]
         )
         total = 0.0
         for t in range(1, len(ids)):
@@ -236,3 +240,83 @@ def test_bad_options_are_one_line(toy_files):
     plain = PreferenceDataModule(*toy_files, tokenizer="stdlib-4k", block_size=24)
     with pytest.raises(UserError, match=r"has no <.system.> token: use 'stdlib-4k\+chat'"):
         plain.setup("fit")
+
+
+def test_the_dpo_config_builds_the_sft_model_its_checkpoints_start_from(cli):
+    import yaml
+
+    configs = Path(__file__).parent.parent / "configs"
+    shown = {}
+    for name in ("sft-tiny", "dpo-tiny"):
+        result = cli("fit", f"--config={configs / name}.yaml", "--print_config")
+        assert result.returncode == 0, result.stderr
+        shown[name] = yaml.safe_load(result.stdout)
+    assert shown["dpo-tiny"]["model"]["gpt"] == shown["sft-tiny"]["model"]["gpt"]
+    assert shown["dpo-tiny"]["data"]["tokenizer"] == shown["sft-tiny"]["data"]["tokenizer"]
+    bad = cli("fit", f"--config={configs}/dpo-tiny.yaml", "--model.objective=ppo", "--print_config")
+    assert bad.returncode == 1
+    assert "model.objective 'ppo' is not an objective" in bad.stderr.strip().splitlines()[-1]
+    refused = cli("prepare", "--config", str(configs / "dpo-tiny.yaml"))
+    assert refused.returncode == 1 and "nothing to prepare" in refused.stderr
+
+
+def test_preference_set_writes_true_and_wrong_docstring_lines(tmp_path, cli):
+    result = cli("preference_set", "--out", str(tmp_path / "prefs"), "--max_pairs", "30")
+    assert result.returncode == 0, result.stderr
+    records = [
+        json.loads(line)
+        for split in ("train", "val")
+        for line in (tmp_path / "prefs" / f"{split}.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 30
+    chosen = [r["chosen"] for r in records]
+    assert sorted(r["rejected"] for r in records) == sorted(chosen)  # every one a real line
+    assert all(r["chosen"] != r["rejected"] and r["prompt"].startswith("What does `")
+               for r in records)  # fmt: skip
+
+
+@pytest.mark.slow  # about 20 s on a shared 2-core machine
+def test_fit_starts_from_a_chat_model_and_its_run_resumes(cli, tmp_path, toy_files):
+    import yaml
+
+    from lit_gpt_scratch.model.build import build_gpt
+    from lit_gpt_scratch.train.checkpoint_files import load_gpt, save_gpt
+
+    config = Path(__file__).parent.parent / "configs/dpo-tiny.yaml"
+    train, val = toy_files
+    args = [
+        "--config", str(config), f"--data.train_file={train}", f"--data.val_file={val}",
+        "--data.block_size=24", "--data.batch_size=4", "--model.gpt.init_args.n_layer=1",
+        "--model.gpt.init_args.d_model=32", "--model.gpt.init_args.n_head=2",
+        "--trainer.max_steps=4", "--trainer.val_check_interval=2",
+        "--checkpoint.every_n_train_steps=2", "--trainer.enable_progress_bar=false",
+        "--trainer.precision=32-true", "--model.optimizer.init_args.lr=1e-3",
+    ]  # fmt: skip
+    shown = cli("fit", *args, "--print_config")
+    spec = yaml.safe_load(shown.stdout)["model"]["gpt"]
+    start = tmp_path / "chat.ckpt"
+    save_gpt(start, build_gpt(spec), spec, "stdlib-4k+chat")
+    started = cli("fit", *args, f"--ckpt_path={start}")
+    assert started.returncode == 0, started.stderr
+    assert f"starting from the weights in {start}" in started.stderr
+    run = tmp_path / "checkpoints/dpo-tiny/version_0/checkpoints"
+    tuned = torch.load(run / "last.ckpt", weights_only=True)
+    assert tuned["hyper_parameters"]["objective"] == "dpo"
+    base = torch.load(start, weights_only=True)["state_dict"]
+    for name, tensor in base.items():  # the reference is the start, bit for bit
+        assert torch.equal(tuned["state_dict"]["reference." + name.removeprefix("gpt.")], tensor)
+    resumed = cli("fit", *args, "--trainer.max_steps=6", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr
+    again = torch.load(run / "last.ckpt", weights_only=True)
+    assert again["global_step"] == 6
+    assert (again["PreferenceDataModule"]["epoch"], again["PreferenceDataModule"]["index"]) == (
+        0,
+        6,
+    )
+    for name, tensor in base.items():
+        assert torch.equal(again["state_dict"]["reference." + name.removeprefix("gpt.")], tensor)
+    loaded = load_gpt(run / "last.ckpt")  # generate, chat and export read the policy alone
+    policy = {
+        k.removeprefix("gpt."): v for k, v in again["state_dict"].items() if k.startswith("gpt.")
+    }
+    assert all(torch.equal(loaded.gpt.state_dict()[k], v) for k, v in policy.items())

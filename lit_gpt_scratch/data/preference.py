@@ -69,7 +69,9 @@ def render_reply(
     return row, cut
 
 
-def read_pairs(path: str, template: ChatTemplate, block_size: int) -> tuple[PreferencePairs, int, int]:
+def read_pairs(
+    path: str, template: ChatTemplate, block_size: int
+) -> tuple[PreferencePairs, int, int]:
     """The pairs of the ``.jsonl`` file at ``path``, how many were cut and how many skipped."""
     rows, cut, skipped = [], 0, 0
     try:
