@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# whole configs of their own (classify-tiny's model.gpt is tiny's: tests/test_classifier.py)
-BASES = ("tiny", "124m", "shakespeare-char", "classify-tiny")
+# whole configs of their own (classify-tiny's model.gpt is tiny's: tests/test_classifier.py;
+# dpo-tiny's is sft-tiny's: tests/test_dpo.py)
+BASES = ("tiny", "124m", "shakespeare-char", "classify-tiny", "dpo-tiny")
 # copy: (the configs it is built from, layered in this order; what it changes, as YAML)
 COPIES = {
     "350m": (

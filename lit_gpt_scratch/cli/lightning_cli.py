@@ -33,6 +33,7 @@ from lit_gpt_scratch.cli.resume_checks import NothingToTrain, check_classifier_r
 from lit_gpt_scratch.cli.strict_yaml import config_files
 from lit_gpt_scratch.data.classification import ClassificationDataModule
 from lit_gpt_scratch.data.datamodule import TokenDataModule
+from lit_gpt_scratch.data.preference import PreferenceDataModule
 from lit_gpt_scratch.errors import UserError, check_above, check_at_least, one_line
 from lit_gpt_scratch.files import FolderLock, remove_stale
 from lit_gpt_scratch.model.build import first_difference
@@ -54,6 +55,7 @@ from lit_gpt_scratch.train.checkpoints import RunCheckpoint, last_candidates_in
 from lit_gpt_scratch.train.classifier import LitClassifier
 from lit_gpt_scratch.train.console import ModelSummary, ProgressBar, quiet_lightning
 from lit_gpt_scratch.train.downstream import DownstreamEval
+from lit_gpt_scratch.train.dpo import LitDPO
 from lit_gpt_scratch.train.fine_tune_start import check_tokenizer_extends, weights_start_reason
 from lit_gpt_scratch.train.host_memory import keep_freed_memory
 from lit_gpt_scratch.train.lora_checkpoints import (
@@ -103,6 +105,8 @@ LINKED_KEYS = {"model.gpt.init_args.block_size": "data.block_size"}
 # model.head: classification (train/classifier.py) trains LitClassifier on labelled texts
 CLASSIFIER_LINKED_KEYS = {**LINKED_KEYS, "data.n_classes": "model.n_classes"}
 HEADS = ("classification",)
+# model.objective: dpo (train/dpo.py) trains LitDPO on preference pairs
+OBJECTIVES = ("dpo",)
 
 
 class LitGPTCLI(LightningCLI):
@@ -204,8 +208,8 @@ class LitGPTCLI(LightningCLI):
         if another_head(ckpt, config):  # a pretraining checkpoint starting a classifier
             if self.config.subcommand != "fit":
                 raise UserError(
-                    f"checkpoint {path} is a model with another head than model.head "
-                    f"{config.model.get('head')}: fine-tune it first (fit --ckpt_path {path})"
+                    f"checkpoint {path} is a model with another head or objective than "
+                    f"the config's: fine-tune it first (fit --ckpt_path {path})"
                 )
             return None  # its weights start the fine-tune (before_fit)
         reason = weights_start_reason(ckpt, config.data.get("format", "text"))
@@ -223,8 +227,11 @@ class LitGPTCLI(LightningCLI):
             raise UserError(f"checkpoint {path} holds another model than the config: {difference}")
         self._lora_base_of_resume = ckpt.get(BASE_KEY)
         if self.config.subcommand == "fit":  # Lightning will resume its training state
-            check = check_classifier_resume if config.model.get("head") else check_resume
-            check(ckpt, path, config, sharded=is_sharded(path))
+            if config.model.get("head") or config.model.get("objective"):
+                state = "PreferenceDataModule" if config.model.get("objective") else None
+                check_classifier_resume(ckpt, path, config, is_sharded(path), state)
+            else:
+                check_resume(ckpt, path, config, sharded=is_sharded(path))
         run = run_of_checkpoint(path, root) if root else None
         if self.config.subcommand != "fit":
             return None  # evaluating: a new run folder
@@ -446,34 +453,54 @@ class ClassifierCLI(LitGPTCLI):
 
 
 def another_head(ckpt: dict, config) -> bool:
-    """Whether the checkpoint's model has another head than the config's (a pretraining
-    checkpoint given to a classifier's fit): then only its GPT weights are used."""
-    saved = (ckpt.get("hyper_parameters") or {}).get("head")
-    return saved != config.model.get("head")
+    """Whether the checkpoint's model has another head or objective than the config's (a
+    pretraining checkpoint given to a classifier's fit, a chat model's to a DPO fit): then
+    only its GPT weights are used."""
+    saved = ckpt.get("hyper_parameters") or {}
+    return any(saved.get(key) != config.model.get(key) for key in ("head", "objective"))
 
 
 def configured_head(args: list[str]) -> str | None:
     """``model.head`` as the ``--config`` files and the command line set it, the last one
     winning as in jsonargparse (None: a language model). Read before the CLI is built: the
     head decides which LightningModule and data module the CLI is for."""
-    head = None
-    for i, arg in enumerate(args):
-        value = None
-        if arg == "--config" and i + 1 < len(args) or arg.startswith("--config="):
-            path = args[i + 1] if arg == "--config" else arg.removeprefix("--config=")
-            value = _value_in(path, ["model", "head"])
-        elif arg == "--model.head" and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith("--model.head="):
-            value = arg.removeprefix("--model.head=")
-        if value is not None:
-            head = value
+    head = _configured(args, "head")
     if head is not None and head not in HEADS:
         raise UserError(
             f"model.head {head!r} is not a head: {', '.join(HEADS)}, or leave it out for "
             "next-token prediction"
         )
     return head
+
+
+def configured_objective(args: list[str]) -> str | None:
+    """``model.objective`` as ``configured_head`` reads ``model.head`` (None: next-token
+    prediction); ``dpo`` makes the CLI one for LitDPO and PreferenceDataModule."""
+    objective = _configured(args, "objective")
+    if objective is not None and objective not in OBJECTIVES:
+        raise UserError(
+            f"model.objective {objective!r} is not an objective: {', '.join(OBJECTIVES)}, or "
+            "leave it out for next-token prediction"
+        )
+    return objective
+
+
+def _configured(args: list[str], key: str):
+    """``model.<key>`` as the ``--config`` files and the command line set it, the last one
+    winning as in jsonargparse; None if none sets it."""
+    found = None
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--config" and i + 1 < len(args) or arg.startswith("--config="):
+            path = args[i + 1] if arg == "--config" else arg.removeprefix("--config=")
+            value = _value_in(path, ["model", key])
+        elif arg == f"--model.{key}" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"--model.{key}="):
+            value = arg.removeprefix(f"--model.{key}=")
+        if value is not None:
+            found = value
+    return found
 
 
 def _value_in(path: str, parts: list[str]):
@@ -574,12 +601,18 @@ def run(args: list[str]) -> int:
     quiet_lightning()
     # LightningCLI reads sys.argv (and warns when given both it and args): hand it ours.
     classifier = configured_head(args) == "classification"
+    objective = configured_objective(args)
+    if classifier and objective:
+        raise UserError(
+            f"model.head classification and model.objective {objective} both set: a "
+            "classifier has no objective to choose, set only one"
+        )
     refuse_linked_keys(args, CLASSIFIER_LINKED_KEYS if classifier else LINKED_KEYS)
     saved, sys.argv = sys.argv, [f"{Path(sys.argv[0]).name}", *args]
     started = False
     try:
         with handlers_kept_until_done(), _quiet_writer_of_a_removed_run():
-            cli = _run_cli(classifier)
+            cli = _run_cli(classifier, objective)
         started = True
     except FileNotFoundError:
         folder = _removed_run_folder()
@@ -690,9 +723,11 @@ def _release_run_folders(failed: bool) -> None:
     os.environ.pop(RUN_FOLDER_ENV, None)
 
 
-def _run_cli(classifier: bool = False) -> LitGPTCLI:
+def _run_cli(classifier: bool = False, objective: str | None = None) -> LitGPTCLI:
     if classifier:
         return ClassifierCLI(LitClassifier, ClassificationDataModule, **_cli_options())
+    if objective == "dpo":
+        return LitGPTCLI(LitDPO, PreferenceDataModule, **_cli_options())
     return LitGPTCLI(LitGPT, TokenDataModule, **_cli_options())
 
 

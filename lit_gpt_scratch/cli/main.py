@@ -61,12 +61,17 @@ def parse(parser, args: list[str]):
 
 
 def run_prepare(args: list[str]) -> int:
-    from lit_gpt_scratch.cli.lightning_cli import configured_head
+    from lit_gpt_scratch.cli.lightning_cli import configured_head, configured_objective
     from lit_gpt_scratch.data.prepare import prepare_from_config
 
     if configured_head(args) is not None:
         raise UserError(
             "model.head classification: its data.train_file and data.val_file are read as fit "
+            "starts, there is nothing to prepare"
+        )
+    if configured_objective(args) is not None:
+        raise UserError(
+            "model.objective dpo: its data.train_file and data.val_file are read as fit "
             "starts, there is nothing to prepare"
         )
 
@@ -162,6 +167,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "classification_set": (
         "write a labelled .jsonl set from the stdlib (for configs/classify-tiny.yaml)",
         function_command("classification_set", "lit_gpt_scratch.data.classification_set"),
+    ),
+    "preference_set": (
+        "write a {prompt, chosen, rejected} .jsonl set from the stdlib (for configs/dpo-tiny.yaml)",
+        function_command("preference_set", "lit_gpt_scratch.data.preference_set"),
     ),
     "chat": (
         "talk with a chat fine-tuned checkpoint (/reset, /quit; reads a pipe too)",

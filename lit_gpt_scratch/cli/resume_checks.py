@@ -60,13 +60,16 @@ def check_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
     check_steps_left(ckpt, path, config.trainer.get("max_steps"))
 
 
-def check_classifier_resume(ckpt: dict, path: str, config, sharded: bool = False) -> None:
-    """``check_resume`` for ``model.head: classification``: the same state, tokenizer,
-    optimizer and steps left; its data position (``ClassificationDataModule``'s sampler) is
-    checked against the seed and batch layout when it loads."""
+def check_classifier_resume(
+    ckpt: dict, path: str, config, sharded: bool = False, data_state: str | None = None
+) -> None:
+    """``check_resume`` for ``model.head: classification`` and ``model.objective: dpo``: the
+    same state, tokenizer, optimizer and steps left; its data position (the sampler of
+    ``data_state``, by default ``ClassificationDataModule``) is checked against the seed and
+    batch layout when it loads."""
     allow = bool(config.data.get("allow_approximate_resume"))
     exact = {**EXACT_STATE}
-    exact["ClassificationDataModule"] = exact.pop(DATA_STATE)
+    exact[data_state or "ClassificationDataModule"] = exact.pop(DATA_STATE)
     check_complete_state(ckpt, path, allow, sharded, exact)
     check_same_tokenizer(ckpt, path, config.data.tokenizer)
     check_same_optimizer(ckpt, path, config.model.get("optimizer"))

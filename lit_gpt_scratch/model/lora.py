@@ -11,7 +11,9 @@ Plain torch: ``model/`` knows nothing of Lightning or checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -75,8 +77,11 @@ class LoRALinear(nn.Linear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init
         self.scale = alpha / r
         self.dropout = nn.Dropout(dropout)
+        self.enabled = True  # False: the base layer alone (adapters_disabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return F.linear(x, self.weight, self.bias)
         adapter = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (..., out)
         return F.linear(x, self.weight, self.bias) + self.scale * adapter
 
@@ -130,6 +135,20 @@ def merge_adapters(gpt: nn.Module) -> nn.Module:
             parent, _, leaf = name.rpartition(".")
             setattr(gpt.get_submodule(parent), leaf, module.merged())
     return gpt
+
+
+@contextlib.contextmanager
+def adapters_disabled(gpt: nn.Module) -> Iterator[None]:
+    """Inside, every adapter of ``gpt`` is switched off: the model computes exactly what its
+    frozen base weights do (DPO's reference under LoRA)."""
+    layers = [m for m in gpt.modules() if isinstance(m, LoRALinear)]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enabled = True
 
 
 def is_adapter(name: str) -> bool:
