@@ -173,6 +173,7 @@ def export_gguf(ckpt_path: str, out: str, dtype: str = "f32") -> None:
             biases stay f32.
     """
     from lit_gpt_scratch.interop.gguf_export import write_gguf
+    from lit_gpt_scratch.interop.gguf_vocab import PRE_TOKENIZERS
     from lit_gpt_scratch.train.checkpoint_io import check_new_file
 
     check_new_file(out)
@@ -182,6 +183,12 @@ def export_gguf(ckpt_path: str, out: str, dtype: str = "f32") -> None:
     size = Path(out).stat().st_size / 2**20
     tokenizer = f"the {tok.spec} tokenizer ({tok.vocab_size:,} ids)"
     print(f"wrote {out}: {arch} architecture, {dtype}, {size:.1f} MiB, with {tokenizer}")
+    if tok.encoding._pat_str not in PRE_TOKENIZERS:
+        print(
+            "note: no llama.cpp pre-tokenizer splits text with this tokenizer's regex; "
+            "tokenizer.ggml.pre is left out, and llama.cpp's default split may tokenize "
+            "prompts otherwise"
+        )
 
 
 def consolidate(ckpt_path: str, out: str) -> None:
