@@ -402,3 +402,27 @@ def test_export_gguf_bad_dtype_is_one_line_and_writes_nothing(tmp_path, cli):
     assert result.returncode == 1
     assert result.stderr.strip() == "error: --dtype must be one of f32, f16, got 'q4'"
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_split_regex_llama_cpp_has_no_name_for_is_left_out_with_a_note(tmp_path, cli):
+    import base64
+    import json
+
+    from lit_gpt_scratch.model.build import build_gpt
+    from lit_gpt_scratch.train.checkpoint_files import save_gpt
+
+    ranks = tmp_path / "words.tiktoken"
+    ranks.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+    ranks.with_suffix(".json").write_text(json.dumps({"pat_str": r"\S+|\s+"}))
+    spec = {"class_path": "lit_gpt_scratch.model.gpt.GPT", "init_args": {
+        "vocab_size": 257, "block_size": 8, "n_layer": 1, "n_head": 2, "d_model": 8}}  # fmt: skip
+    save_gpt(tmp_path / "m.ckpt", build_gpt(spec), spec, str(ranks))
+    out = tmp_path / "m.gguf"
+    result = cli("export_gguf", f"--ckpt_path={tmp_path / 'm.ckpt'}", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    assert "note: no llama.cpp pre-tokenizer splits text with this tokenizer's regex" in (
+        result.stdout
+    )
+    reader = gguf.GGUFReader(out)
+    assert "tokenizer.ggml.pre" not in reader.fields
+    assert field(reader, "tokenizer.ggml.tokens")[256] == "<|endoftext|>"
