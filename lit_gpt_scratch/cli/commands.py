@@ -1,4 +1,5 @@
-"""The model subcommands: ``generate``, ``import_hf``, ``export`` and ``consolidate``
+"""The model subcommands: ``generate``, ``import_hf``, ``export``, ``export_gguf`` and
+``consolidate``
 (``chat`` is in ``cli/chat.py``).
 
 Each is a plain, typed function: its signature is the CLI (``cli/main.py`` builds the parser from
@@ -159,6 +160,35 @@ def export(ckpt_path: str, out_dir: str, eval_results: str | None = None) -> Non
         shutil.rmtree(staging, ignore_errors=True)
     tokenizer = f"the {tok.spec} tokenizer ({tok.vocab_size:,} ids)"
     print(f"wrote {out_dir}: {type(hf).__name__} with {tokenizer}")
+
+
+def export_gguf(ckpt_path: str, out: str, dtype: str = "f32") -> None:
+    """Write a checkpoint as one GGUF file for llama.cpp and Ollama, tokenizer included: the
+    gpt2 architecture for the GPT-2 layout, llama for the Llama layout.
+
+    Args:
+        ckpt_path: A checkpoint written by fit or import_hf.
+        out: The .gguf file to write; it must not exist yet.
+        dtype: f32 (the exact weights) or f16 (half the size) for the matrices; norms and
+            biases stay f32.
+    """
+    from lit_gpt_scratch.interop.gguf_export import write_gguf
+    from lit_gpt_scratch.interop.gguf_vocab import PRE_TOKENIZERS
+    from lit_gpt_scratch.train.checkpoint_io import check_new_file
+
+    check_new_file(out)
+    loaded = load_gpt(ckpt_path)
+    tok = checkpoint_tokenizer(loaded)
+    arch = write_gguf(out, loaded.gpt, tok, dtype, name=Path(out).stem)
+    size = Path(out).stat().st_size / 2**20
+    tokenizer = f"the {tok.spec} tokenizer ({tok.vocab_size:,} ids)"
+    print(f"wrote {out}: {arch} architecture, {dtype}, {size:.1f} MiB, with {tokenizer}")
+    if tok.encoding._pat_str not in PRE_TOKENIZERS:
+        print(
+            "note: no llama.cpp pre-tokenizer splits text with this tokenizer's regex; "
+            "tokenizer.ggml.pre is left out, and llama.cpp's default split may tokenize "
+            "prompts otherwise"
+        )
 
 
 def consolidate(ckpt_path: str, out: str) -> None:

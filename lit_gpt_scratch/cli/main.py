@@ -193,6 +193,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
         function_command("import_hf"),
     ),
     "export": ("write a checkpoint as a Hugging Face directory", function_command("export")),
+    "export_gguf": (
+        "write a checkpoint as one GGUF file for llama.cpp and Ollama",
+        function_command("export_gguf"),
+    ),
     "consolidate": (
         "gather a sharded (FSDP) checkpoint into one file",
         function_command("consolidate"),

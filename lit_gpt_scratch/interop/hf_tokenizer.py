@@ -115,22 +115,29 @@ def _class_end(pattern: str, start: int) -> int:
     return i + 1
 
 
-def tokenizer_json(tok: Tokenizer) -> str:
-    """``tokenizer.json`` (the ``tokenizers`` library's format) encoding as ``tok`` does."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    encoding = tok.encoding
-    ranks: dict[bytes, int] = encoding._mergeable_ranks
+def byte_level_vocabulary(tok: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``tok``'s ordinary tokens as byte-level BPE writes them: each token's bytes in GPT-2's
+    printable byte alphabet -> its id, and the merges in rank order (special tokens apart).
+    The Hugging Face and the GGUF tokenizers are both built from it."""
+    ranks: dict[bytes, int] = tok.encoding._mergeable_ranks
     chars = byte_characters()
 
     def text(token: bytes) -> str:
         return "".join(chars[b] for b in token)
 
     vocab = {text(token): rank for token, rank in ranks.items()}
+    return vocab, [(text(a), text(b)) for a, b in bpe_merges(ranks)]
+
+
+def tokenizer_json(tok: Tokenizer) -> str:
+    """``tokenizer.json`` (the ``tokenizers`` library's format) encoding as ``tok`` does."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    encoding = tok.encoding
+    vocab, merges = byte_level_vocabulary(tok)
     specials = dict(sorted(encoding._special_tokens.items(), key=lambda item: item[1]))
     vocab.update(specials)  # in the vocabulary with their own ids; added below as special
-    merges = [(text(a), text(b)) for a, b in bpe_merges(ranks)]
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=True, byte_fallback=False)
     hf = HFTokenizer(model)
     split = Regex(oniguruma_pattern(encoding._pat_str))
