@@ -84,3 +84,30 @@ def test_a_pretraining_checkpoint_starts_a_fine_tune_that_resumes_itself(tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     assert "starts a fine-tune" not in resumed.stderr
     assert torch.load(run / "last.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_a_lora_chat_fine_tune_grows_the_base_and_reads_back_as_one_model(tmp_path, cli):
+    """LoRA over a grown vocabulary: the adapters-only checkpoint records the base file's own
+    weights and grows them again when read. Before, the record held the grown weights' print
+    and every read of the fine-tune was refused ("whose weights have changed since")."""
+    from lit_gpt_scratch.train.checkpoint_files import load_gpt
+
+    corpus = write_text_corpus(tmp_path / "corpus", LOREM)
+    base_args = {"data.tokenizer": "bytes", "model.gpt.init_args.vocab_size": "257"}
+    base = cli("fit", *small_run_args(corpus, tmp_path / "text", **base_args))
+    assert base.returncode == 0, base.stderr
+    base_ckpt = tmp_path / "base.ckpt"
+    (tmp_path / "checkpoints/tiny/version_0/checkpoints/last.ckpt").rename(base_ckpt)
+    chats = tmp_path / "chats.jsonl"
+    records = [{"instruction": f"Say {n}.", "input": "", "output": f"{n}!"} for n in range(40)]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in records))
+    lora = ["--config", str(ROOT / "configs/overlays/lora.yaml")]
+    sft = cli("fit", *sft_args(chats, tmp_path / "chat"), *lora, f"--ckpt_path={base_ckpt}")
+    assert sft.returncode == 0, sft.stderr
+    [tuned] = tmp_path.glob("checkpoints/lora/version_0/checkpoints/last.ckpt")
+    loaded = load_gpt(tuned)  # the base grown to 261 ids, the adapters merged in
+    assert loaded.gpt.vocab_size == 261
+    base_rows = torch.load(base_ckpt, weights_only=True)["state_dict"]["gpt.wte.weight"]
+    rows = loaded.gpt.wte.weight.detach()
+    assert torch.equal(rows[:257], base_rows[:257])  # the embedding is frozen under LoRA
+    assert torch.allclose(rows[257:261], base_rows[:257].mean(dim=0).expand(4, -1))

@@ -362,8 +362,8 @@ class LitGPTCLI(LightningCLI):
             config = self.config_init[self.subcommand]
             path = config["ckpt_path"]
             load_weights(self.model.gpt, ckpt, path)  # with LoRA: into the frozen base weights
-            if lora is not None:
-                self.model.lora_base = base_record(path, gpt_weights(ckpt))
+            if lora is not None:  # the base file's own weights, before any vocabulary growth
+                self.model.lora_base = base_record(path, gpt_weights(read_checkpoint(path)))
             config["ckpt_path"] = None
             if self._weights_start:
                 rank_zero_info(self._weights_start)

@@ -208,7 +208,8 @@ def load_lora_base(gpt: GPT, ckpt: dict, path: str | Path) -> None:
     base_path = ckpt[BASE_KEY]["path"]
     base = read_lora_base(ckpt, path)
     check_weights_finite(base, base_path)
-    load_weights(gpt, base, base_path)
+    # a fine-tune that grew the vocabulary (chat tokens) grew the base's the same way
+    load_weights(gpt, with_grown_vocabulary(gpt, base), base_path)
 
 
 def with_grown_vocabulary(gpt: GPT, ckpt: dict) -> dict:
