@@ -6,9 +6,9 @@ small), cut to its first ``block_size`` tokens and right-padded to ``block_size`
 end-of-text id. A batch is ``(ids (B, T), lengths (B,), labels (B,))``: the classifier reads the
 state at position ``length - 1``, which causal attention never lets the padding reach.
 
-Training batches come from ``RecordSampler``: a seeded permutation of the records each epoch,
-dealt to the ranks, whose consumed position goes into checkpoints (exact resume), as the
-pretraining samplers do. Validation scores every val record once, in file order.
+Training batches come from ``record_files.RecordSampler``: a seeded permutation of the
+records each epoch, dealt to the ranks, whose consumed position goes into checkpoints (exact
+resume), as the pretraining samplers do. Validation scores every val record once, in file order.
 
 Bad input is one line naming the file and the byte offset of the record, as the pretraining
 ``.jsonl`` reader does.
@@ -16,21 +16,16 @@ Bad input is one line naming the file and the byte offset of the record, as the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lit_gpt_scratch.data.samplers import StartSampler
+from lit_gpt_scratch.data.record_files import RecordFilesDataModule, json_object
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
-
-UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class LabelledTexts(Dataset):
@@ -109,34 +104,17 @@ def read_labelled(
 
 def _record(line: bytes, offset: int, where: str) -> dict | None:
     """One line's record, checked: None for a blank line."""
-    if offset == 0 and line.startswith(UTF8_BOM):  # as Windows tools write them
-        line = line[len(UTF8_BOM) :]
-    if not line.strip():
+    record = json_object(line, offset, where)
+    if record is None:
         return None
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{where} is not UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where} is not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+    if not isinstance(record.get("text"), str):
         raise UserError(f'{where} has no "text" string')
     if "label" not in record:
         raise UserError(f'{where} has no "label"')
     return record
 
 
-class RecordSampler(StartSampler):
-    """Seeded, resumable batches of record indices: each epoch a permutation of the records
-    (``StartSampler``: rank striding, the consumed position in checkpoints)."""
-
-    windows = "records"
-
-    def epoch_layout(self, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda slots: slots  # slot k is record k
-
-
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(RecordFilesDataModule):
     """Labelled ``.jsonl`` texts for ``model.head: classification``.
 
     Args:
@@ -179,11 +157,6 @@ class ClassificationDataModule(L.LightningDataModule):
         if class_names is not None and len(set(class_names)) != len(class_names):
             raise UserError(f"data.class_names {class_names} names a class twice")
         self.save_hyperparameters()
-        self.train_set: LabelledTexts | None = None
-        self.val_set: LabelledTexts | None = None
-        self.sampler: RecordSampler | None = None
-        self._pending_state: dict | None = None
-        self.vocab_size: int | None = None  # the tokenizer's, for the model's check
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
@@ -202,48 +175,3 @@ class ClassificationDataModule(L.LightningDataModule):
                 + (f", {cut} cut to block_size {h.block_size}" if cut else "")
             )
         self.train_set, self.val_set = sets["train_file"], sets["val_file"]
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
-    def train_dataloader(self) -> DataLoader:
-        """Infinite batches (the Trainer's length is ``max_steps``)."""
-        h = self.hparams
-        rank, world = self._rank_and_world()
-        what = f"data.train_file {h.train_file} has {len(self.train_set)} records"
-        sampler = RecordSampler(
-            len(self.train_set), h.batch_size, h.seed, rank, world,
-            h.allow_approximate_resume, what,
-        )  # fmt: skip
-        state = self.sampler.state_dict() if self.sampler is not None else self._pending_state
-        if state:
-            sampler.load_state_dict(state)
-        self.sampler, self._pending_state = sampler, None
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=h.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        """Every val record once over all ranks: rank ``r`` scores records ``r, r + world, ...``."""
-        rank, world = self._rank_and_world()
-        mine = torch.utils.data.Subset(self.val_set, range(rank, len(self.val_set), world))
-        return DataLoader(mine, batch_size=self.hparams.batch_size, shuffle=False)
-
-    test_dataloader = val_dataloader
-
-    def mark_batch_consumed(self) -> None:
-        """Count one training batch as trained on (what checkpoints save, not the prefetched)."""
-        if self.sampler is None:
-            raise RuntimeError("mark_batch_consumed() before train_dataloader()")
-        self.sampler.mark_consumed()
-
-    def state_dict(self) -> dict:
-        if self.sampler is not None:
-            return {"train_file": str(Path(self.hparams.train_file)), **self.sampler.state_dict()}
-        return dict(self._pending_state or {})
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.sampler is not None and state_dict:
-            self.sampler.load_state_dict(state_dict)
-        else:
-            self._pending_state = state_dict or None

@@ -13,24 +13,20 @@ A batch is ``(B, 2, 2, block_size + 1)`` int64: for each pair, the chosen then t
 rendering, each as its ids and its target mask (1 where the token is a target), the layout
 of a packed chat window (``train.module.inputs_and_targets``).
 
-Training order: ``RecordSampler`` (a seeded permutation each epoch, dealt to the ranks, its
-consumed position saved in checkpoints: exact resume). Validation scores every val pair once.
-Bad input is one line naming the file and the byte offset of the record.
+Training order: ``record_files.RecordSampler`` (a seeded permutation each epoch, dealt to
+the ranks, its consumed position saved in checkpoints: exact resume). Validation scores every
+val pair once. Bad input is one line naming the file and the byte offset of the record.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lit_gpt_scratch.data.chat_template import ChatTemplate
-from lit_gpt_scratch.data.classification import UTF8_BOM, RecordSampler
+from lit_gpt_scratch.data.record_files import RecordFilesDataModule, json_object
 from lit_gpt_scratch.errors import UserError, check_at_least
 from lit_gpt_scratch.tokenizer.encodings import load_tokenizer
 
@@ -102,18 +98,9 @@ def read_pairs(
 
 def _record(line: bytes, offset: int, where: str) -> dict | None:
     """One line's record, checked: None for a blank line."""
-    if offset == 0 and line.startswith(UTF8_BOM):
-        line = line[len(UTF8_BOM) :]
-    if not line.strip():
+    record = json_object(line, offset, where)
+    if record is None:
         return None
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{where} is not UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where} is not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict):
-        raise UserError(f"{where} is not a JSON object")
     for key in FIELDS:
         if not isinstance(record.get(key), str):
             raise UserError(f'{where} has no "{key}" string')
@@ -125,7 +112,7 @@ def _record(line: bytes, offset: int, where: str) -> dict | None:
     return record
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(RecordFilesDataModule):
     """``{prompt, chosen, rejected}`` ``.jsonl`` pairs for ``model.objective: dpo``.
 
     Args:
@@ -158,11 +145,6 @@ class PreferenceDataModule(L.LightningDataModule):
         check_at_least("data.batch_size", batch_size, 1)
         check_at_least("data.num_workers", num_workers, 0)
         self.save_hyperparameters()
-        self.train_set: PreferencePairs | None = None
-        self.val_set: PreferencePairs | None = None
-        self.sampler: RecordSampler | None = None
-        self._pending_state: dict | None = None
-        self.vocab_size: int | None = None  # the tokenizer's, for the model's check
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
@@ -181,47 +163,7 @@ class PreferenceDataModule(L.LightningDataModule):
             )
         self.train_set, self.val_set = sets["train_file"], sets["val_file"]
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
+    noun = "pairs"
 
-    def train_dataloader(self) -> DataLoader:
-        """Infinite batches (the Trainer's length is ``max_steps``)."""
-        h = self.hparams
-        rank, world = self._rank_and_world()
-        what = f"data.train_file {h.train_file} has {len(self.train_set)} pairs"
-        sampler = RecordSampler(
-            len(self.train_set), h.batch_size, h.seed, rank, world,
-            h.allow_approximate_resume, what,
-        )  # fmt: skip
-        state = self.sampler.state_dict() if self.sampler is not None else self._pending_state
-        if state:
-            sampler.load_state_dict(state)
-        self.sampler, self._pending_state = sampler, None
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=h.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        """Every val pair once over all ranks: rank ``r`` scores pairs ``r, r + world, ...``."""
-        rank, world = self._rank_and_world()
-        mine = torch.utils.data.Subset(self.val_set, range(rank, len(self.val_set), world))
-        return DataLoader(mine, batch_size=self.hparams.batch_size, shuffle=False)
-
-    test_dataloader = predict_dataloader = val_dataloader
-
-    def mark_batch_consumed(self) -> None:
-        """Count one training batch as trained on (what checkpoints save, not the prefetched)."""
-        if self.sampler is None:
-            raise RuntimeError("mark_batch_consumed() before train_dataloader()")
-        self.sampler.mark_consumed()
-
-    def state_dict(self) -> dict:
-        if self.sampler is not None:
-            return {"train_file": str(Path(self.hparams.train_file)), **self.sampler.state_dict()}
-        return dict(self._pending_state or {})
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if self.sampler is not None and state_dict:
-            self.sampler.load_state_dict(state_dict)
-        else:
-            self._pending_state = state_dict or None
+    def predict_dataloader(self):
+        return self.val_dataloader()
