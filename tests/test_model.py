@@ -31,6 +31,7 @@ EXPECTED_PARAMS = {  # GPT-2's published sizes; tiny and llama are ours
     "tiny": 1_350_400,
     "classify-tiny": 1_350_400,  # tiny's GPT, whose checkpoints start it (plus a head outside it)
     "sft-tiny": 1_350_912,  # tiny and the four chat tokens' rows: 4 x 128
+    "dpo-tiny": 1_350_912,  # sft-tiny's model: DPO starts from an SFT checkpoint
     # 4 x (128 x 384 + 128 x 128 + 2 x 128 x 512 + 2 x 128 + 2 x 32) + 2 x 4096 x 128 + 128
     "tiny-modern": 1_836_416,
     # 4 x (128 x 384 + 128 x 128 + 2 x 128 x 512 + 2 x 128) + 257 x 128 + 64 x 128 + 128: no
