@@ -294,6 +294,7 @@ def test_fit_starts_from_a_chat_model_and_its_run_resumes(cli, tmp_path, toy_fil
     ]  # fmt: skip
     shown = cli("fit", *args, "--print_config")
     spec = yaml.safe_load(shown.stdout)["model"]["gpt"]
+    spec["init_args"]["block_size"] = 24  # linked to data.block_size: --print_config omits it
     start = tmp_path / "chat.ckpt"
     save_gpt(start, build_gpt(spec), spec, "stdlib-4k+chat")
     started = cli("fit", *args, f"--ckpt_path={start}")
