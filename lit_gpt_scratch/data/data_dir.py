@@ -45,8 +45,7 @@ def roll_back_to_checkpoint(out: Path, shard_tokens: int, dtype, eot_id: int) ->
     """Cut the shards back to the last checkpoint on disk, as a rerun would, and drop the
     temporary files written since."""
     state = read_json(out / STATE)
-    for tmp in _json_temporaries(out):
-        tmp.unlink(missing_ok=True)
+    remove_stale_json_temporaries(out)
     if state is None:
         return
     for split in SPLITS:
@@ -113,6 +112,14 @@ def _is_json_temporary(name: str) -> bool:
 
 def _json_temporaries(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if _is_json_temporary(p.name)] if out.is_dir() else []
+
+
+def remove_stale_json_temporaries(out: Path) -> None:
+    """Remove the ``.meta.json.<pid>.tmp`` / ``.prepare_state.json.<pid>.tmp`` files a prepare
+    killed inside ``write_json`` left (call it holding the data_dir lock): they are never
+    read, and a finished directory must hold exactly what an uninterrupted run writes."""
+    for tmp in _json_temporaries(out):
+        tmp.unlink(missing_ok=True)
 
 
 def refuse_foreign_files(out: Path) -> None:

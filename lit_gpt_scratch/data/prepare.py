@@ -47,6 +47,7 @@ from lit_gpt_scratch.data.data_dir import (
     refuse_foreign_files,
     refuse_if_other_run,
     remove_outputs,
+    remove_stale_json_temporaries,
     roll_back_to_checkpoint,
     write_json,
 )
@@ -184,6 +185,7 @@ def prepare(
         if meta is not None:  # another prepare completed it just before we took the lock
             lock.remove_and_release()
             return already_prepared(out, meta, settings, block_size)
+        remove_stale_json_temporaries(out)  # a kill inside a state write left its temporary
         state = refuse_if_other_run(out, run_settings)
         if state is not None:  # the interrupted run's rule: auto decides once per directory
             choice = choice_from_state(state)
