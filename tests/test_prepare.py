@@ -237,7 +237,6 @@ def test_kill_at_every_point_then_rerun_is_byte_identical(corpus, tmp_path, monk
         assert dir_bytes(out) == reference, f"crash before event {n}"
 
 
-
 def test_a_state_temporary_left_by_a_kill_is_gone_after_the_rerun(corpus, tmp_path, monkeypatch):
     """kill -9 inside write_json leaves `.prepare_state.json.<pid>.tmp` (no finally runs); the
     rerun removes it, so the finished directory is byte-identical to an uninterrupted run's.
@@ -251,6 +250,7 @@ def test_a_state_temporary_left_by_a_kill_is_gone_after_the_rerun(corpus, tmp_pa
     (out / f".{STATE}.99999.tmp").write_text('{"half": ')  # what the killed write left
     run(corpus, out)
     assert dir_bytes(out) == dir_bytes(tmp_path / "ref")
+
 
 SLOW_CORPUS = [
     f"{i} " + "lorem ipsum dolor sit amet, consectetur adipiscing elit\n" * (i % 40 + 5)
