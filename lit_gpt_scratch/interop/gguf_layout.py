@@ -18,16 +18,23 @@ context with no ``<|endoftext|>`` after its first token.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from lit_gpt_scratch.errors import UserError
+from lit_gpt_scratch.interop.refusals import or_zeros, refuse_unless
 from lit_gpt_scratch.model.attention import CausalSelfAttention
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.model.mlp import GeluMLP, SwiGLU
 from lit_gpt_scratch.model.norm import LayerNorm, RMSNorm
 from lit_gpt_scratch.model.position import LearnedPosition, RotaryPosition
+
+# a plug-in this format cannot express: one line naming it
+_require = functools.partial(
+    refuse_unless, what="export to GGUF", target="llama.cpp equivalent (gpt2 or llama architecture)"
+)
 
 
 @dataclass
@@ -76,19 +83,6 @@ def gguf_layout(model: GPT) -> GGUFLayout:
     )
 
 
-def _require(ok: bool, slot: str, module, feature: str | None = None) -> None:
-    if not ok:
-        what = f" with {feature}" if feature and "layout" not in feature else ""
-        raise UserError(
-            f"cannot export to GGUF: {slot} {type(module).__name__}{what} has no llama.cpp "
-            "equivalent (gpt2 or llama architecture)"
-        )
-
-
-def _or_zeros(bias, size: int) -> torch.Tensor:
-    return bias.detach() if bias is not None else torch.zeros(size)
-
-
 def _head_tensors(model: GPT, out: dict) -> None:
     """The embedding, final norm and (untied) head: the rows of the tokenizer's ids only."""
     V = model.vocab_size
@@ -102,13 +96,13 @@ def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     _head_tensors(model, out)
     C = model.wte.embedding_dim
-    out["output_norm.bias"] = _or_zeros(model.ln_f.bias, C)
+    out["output_norm.bias"] = or_zeros(model.ln_f.bias, C)
     out["position_embd.weight"] = model.position.wpe.weight.detach()  # (block_size, C)
     for i, block in enumerate(model.blocks):
         b = f"blk.{i}."
         for name, norm in (("attn_norm", block.ln_1), ("ffn_norm", block.ln_2)):
             out[b + name + ".weight"] = norm.weight.detach()
-            out[b + name + ".bias"] = _or_zeros(norm.bias, C)
+            out[b + name + ".bias"] = or_zeros(norm.bias, C)
         for name, linear in (
             ("attn_qkv", block.attn.c_attn),  # (q heads, k heads, v heads) rows, as llama.cpp
             ("attn_output", block.attn.c_proj),
@@ -116,7 +110,7 @@ def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
             ("ffn_down", block.mlp.c_proj),
         ):
             out[b + name + ".weight"] = linear.weight.detach()
-            out[b + name + ".bias"] = _or_zeros(linear.bias, linear.out_features)
+            out[b + name + ".bias"] = or_zeros(linear.bias, linear.out_features)
     return out
 
 

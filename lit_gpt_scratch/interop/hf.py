@@ -15,17 +15,24 @@ are read with ``local_files_only=True``.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
 from lit_gpt_scratch.errors import UserError, one_line
+from lit_gpt_scratch.interop.refusals import or_zeros, refuse_unless
 from lit_gpt_scratch.model.attention import CausalSelfAttention
 from lit_gpt_scratch.model.build import build_gpt
 from lit_gpt_scratch.model.gpt import GPT
 from lit_gpt_scratch.model.mlp import GeluMLP, SwiGLU
 from lit_gpt_scratch.model.norm import LayerNorm, RMSNorm
 from lit_gpt_scratch.model.position import LearnedPosition, RotaryPosition
+
+# a plug-in this format cannot express: one line naming it
+_require = functools.partial(
+    refuse_unless, what="export", target="Hugging Face equivalent (GPT-2, Llama or Qwen3 layout)"
+)
 
 MODEL = "lit_gpt_scratch.model"
 
@@ -263,32 +270,19 @@ def hf_from_gpt(model: GPT, eot_id: int | None = None):
     return hf.eval()
 
 
-def _require(ok: bool, slot: str, module, feature: str | None = None) -> None:
-    if not ok:
-        what = f" with {feature}" if feature and "layout" not in feature else ""
-        raise UserError(
-            f"cannot export: {slot} {type(module).__name__}{what} has no Hugging Face "
-            "equivalent (GPT-2, Llama or Qwen3 layout)"
-        )
-
-
-def _or_zeros(bias, size: int) -> torch.Tensor:
-    return bias.detach() if bias is not None else torch.zeros(size)
-
-
 def _gpt2_state(model: GPT) -> dict:
     V = model.vocab_size
     out = {
         "transformer.wte.weight": model.wte.weight[:V].detach(),
         "transformer.wpe.weight": model.position.wpe.weight.detach(),
         "transformer.ln_f.weight": model.ln_f.weight.detach(),
-        "transformer.ln_f.bias": _or_zeros(model.ln_f.bias, model.ln_f.weight.numel()),
+        "transformer.ln_f.bias": or_zeros(model.ln_f.bias, model.ln_f.weight.numel()),
     }
     for i, block in enumerate(model.blocks):
         h = f"transformer.h.{i}."
         for name, norm in (("ln_1", block.ln_1), ("ln_2", block.ln_2)):
             out[h + name + ".weight"] = norm.weight.detach()
-            out[h + name + ".bias"] = _or_zeros(norm.bias, norm.weight.numel())
+            out[h + name + ".bias"] = or_zeros(norm.bias, norm.weight.numel())
         for name, linear in (
             ("attn.c_attn", block.attn.c_attn),
             ("attn.c_proj", block.attn.c_proj),
@@ -296,7 +290,7 @@ def _gpt2_state(model: GPT) -> dict:
             ("mlp.c_proj", block.mlp.c_proj),
         ):
             out[h + name + ".weight"] = linear.weight.detach().t()  # Conv1D stores (in, out)
-            out[h + name + ".bias"] = _or_zeros(linear.bias, linear.out_features)
+            out[h + name + ".bias"] = or_zeros(linear.bias, linear.out_features)
     if not model_is_tied(model):
         out["lm_head.weight"] = model.lm_head.weight[:V].detach()
     return out
@@ -321,7 +315,7 @@ def _llama_state(model: GPT) -> dict:
         if attn.c_attn.bias is not None:
             for p, bias in zip("qkv", attn.c_attn.bias.detach().split(sizes), strict=True):
                 out[h + f"self_attn.{p}_proj.bias"] = bias
-            out[h + "self_attn.o_proj.bias"] = _or_zeros(attn.c_proj.bias, attn.c_proj.out_features)
+            out[h + "self_attn.o_proj.bias"] = or_zeros(attn.c_proj.bias, attn.c_proj.out_features)
         for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("c_proj", "down_proj")):
             linear = getattr(block.mlp, ours)
             out[h + f"mlp.{theirs}.weight"] = linear.weight.detach()
